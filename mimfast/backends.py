@@ -231,7 +231,7 @@ def resolve_name(name):
         if gpu_status()[0]:
             return "cupy"
         try:
-            importlib.import_module("numba")
+            importlib.import_module("mimfast.kernels.cpu")
             return "numba"
         except ImportError:
             return "numpy"
