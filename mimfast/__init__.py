@@ -1,3 +1,20 @@
-"""mimfast: layer-wise training of two-layer networks on Gaussian multi-index models."""
+"""mimfast: layer-wise training of two-layer networks on Gaussian multi-index models.
+
+Import the pieces you need: ``mimfast.tasks.MultiIndexTask``,
+``mimfast.schedule.LayerwiseRegressor`` / ``train``, ``mimfast.backends``,
+``mimfast.kernels`` (reference, cpu, gpu).
+"""
+
+import os as _os
 
 __version__ = "0.1.0"
+
+# In an installed wheel the top-level ``kernels/`` folder lives at
+# ``mimfast/kernels``.  When mimfast is imported straight from a source checkout
+# (e.g. `python -m mimfast` run from the repository root after a non-editable
+# install), let the sibling ``kernels/`` folder serve as ``mimfast.kernels``.
+_here = _os.path.dirname(_os.path.abspath(__file__))
+if not _os.path.isdir(_os.path.join(_here, "kernels")):
+    _root = _os.path.dirname(_here)
+    if _os.path.isfile(_os.path.join(_root, "kernels", "reference.py")):
+        __path__.append(_root)  # noqa: F821  (package __path__)

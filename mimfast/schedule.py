@@ -253,6 +253,7 @@ class LayerwiseRegressor:
         half = rng.standard_normal((d, width // 2))
         half *= self.init_scale / np.linalg.norm(half, axis=0, keepdims=True)
         W = np.repeat(half, 2, axis=1)
+        self.initial_weights_ = W
         a = np.tile(np.array([1.0, -1.0]), width // 2)
         b = np.zeros(width)
 

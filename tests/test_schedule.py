@@ -1,0 +1,219 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mimfast import metrics
+from mimfast.errors import MimfastInputError
+from mimfast.schedule import LayerwiseRegressor, auto_t1, train
+from mimfast.tasks import MultiIndexTask
+
+
+def small_task(**kw):
+    return MultiIndexTask(**{"d": 24, "r": 2, "link": "he2", "seed": 1, **kw})
+
+
+def fit_small(t1=1, activation="logcosh", loss="square", n=1200, width=8, **kw):
+    task = small_task()
+    X, y = task.sample(n, "stage1", dtype="float64")
+    X2, y2 = task.sample(n, "stage2", dtype="float64")
+    est = LayerwiseRegressor(width=width, t1=t1, activation=activation, loss=loss,
+                             backend="numpy", dtype="float64", seed=3, **kw)
+    return est.fit(X, y, stage2=(X2, y2), subspace=task.U), X, y
+
+
+@pytest.mark.parametrize("loss", ["square", "huber"])
+def test_quadratic_stage1_step_is_power_iteration(loss):
+    """With sigma = t^2/2 and eta*beta = 1 one step is W <- -eta Sigma_l W diag(a)."""
+    est, X, y = fit_small(t1=1, activation="quadratic", loss=loss, center=True)
+    W0 = est.initial_weights_
+    a = est.a_stage1_
+    yk = y
+    c = np.clip(-yk, -1.0, 1.0) if loss == "huber" else -yk  # l'(0, y)
+    c = c - c.mean()                                           # centred over the batch
+    Sigma = (X * c[:, None]).T @ X / X.shape[0]                # explicit d x d matrix
+    expected = -est.eta_ * (Sigma @ W0) * a[None, :]
+    np.testing.assert_allclose(est.stage1_weights_, expected, rtol=1e-10, atol=1e-16)
+
+
+def test_auto_eta_is_inverse_top_eigenvalue():
+    est, X, y = fit_small(t1=0, activation="quadratic", power_iters=200)
+    c = -(y - y.mean())
+    lam = np.max(np.abs(np.linalg.eigvalsh((X * c[:, None]).T @ X / X.shape[0])))
+    np.testing.assert_allclose(est.eta_, 1.0 / lam, rtol=1e-3)
+    assert est.weight_decay_ == pytest.approx(1.0 / est.eta_)
+
+
+def test_symmetric_init_gives_zero_network():
+    est, X, _ = fit_small(t1=0)
+    W0 = est.initial_weights_
+    assert np.allclose(W0[:, 0::2], W0[:, 1::2])
+    np.testing.assert_allclose(np.linalg.norm(W0, axis=0), 1e-3)
+    assert np.array_equal(est.a_stage1_[0::2], -est.a_stage1_[1::2])
+
+
+def test_same_seed_same_result_and_different_seed_differs():
+    a, _, _ = fit_small(t1=2)
+    b, _, _ = fit_small(t1=2)
+    np.testing.assert_array_equal(a.stage1_weights_, b.stage1_weights_)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    task = small_task()
+    X, y = task.sample(600, dtype="float64")
+    c = LayerwiseRegressor(width=8, t1=2, backend="numpy", dtype="float64", seed=4).fit(X, y)
+    assert not np.allclose(c.stage1_weights_, a.stage1_weights_)
+
+
+def test_history_tracks_recovery_per_step():
+    est, _, _ = fit_small(t1=3)
+    assert [h["step"] for h in est.history_] == [0, 1, 2, 3]
+    assert all(len(h["sin_theta"]) == 2 for h in est.history_)
+    assert est.history_[-1]["energy_in_u"] > est.history_[0]["energy_in_u"]
+
+
+def test_recovery_sanity_small():
+    task = MultiIndexTask(d=64, r=2, link="he2", seed=0)
+    rec = train(task, 20000, 20000, 4000, width=64, backend="numpy", dtype="float64",
+                seed=0, baselines=True, progress=False)
+    assert rec["sin_theta_max"] < 0.4
+    assert rec["energy_in_u"] > 0.8
+    assert rec["test_rel_mse"] < 0.3
+    assert rec["baselines"]["one_step"]["test_rel_mse"] > rec["test_rel_mse"]
+    assert rec["baselines"]["spectral"]["sin_theta_max"] < 0.4
+    # the metric is the one computed by metrics on the recorded weights
+    assert len(rec["sin_theta"]) == 2 and rec["t1"] == auto_t1(64)
+
+
+def test_train_record_keys_and_json_roundtrip():
+    rec = train(small_task(), 800, 800, 200, width=8, backend="numpy", seed=0)
+    for key in ("test_rel_mse", "sin_theta", "energy_in_u", "t1", "n1", "n2", "width",
+                "backend", "dtype", "timings"):
+        assert key in rec
+    for stage in ("data", "stage1", "stage2", "test", "total"):
+        assert rec["timings"][stage] >= 0
+    json.loads(json.dumps(rec))
+
+
+def test_float32_matches_float64_pipeline():
+    r32 = train(small_task(), 3000, 3000, 500, width=16, backend="numpy", dtype="float32")
+    r64 = train(small_task(), 3000, 3000, 500, width=16, backend="numpy", dtype="float64")
+    np.testing.assert_allclose(r32["sin_theta"], r64["sin_theta"], atol=1e-3)
+    assert abs(r32["test_rel_mse"] - r64["test_rel_mse"]) < 1e-2
+
+
+def test_metrics_principal_angles():
+    U = np.eye(5)[:2]
+    assert np.allclose(metrics.subspace_sines(U, np.eye(5)[:, :2] @ np.ones((2, 2)) +
+                                              np.eye(5)[:, :2]), 0.0, atol=1e-12)
+    s = metrics.principal_sines(U, np.eye(5)[:, [0, 3]])
+    np.testing.assert_allclose(s, [1.0, 0.0], atol=1e-12)
+    theta = 0.3
+    q = np.zeros((5, 1)); q[0] = np.cos(theta); q[2] = np.sin(theta)
+    np.testing.assert_allclose(metrics.principal_sines(U[:1], q), [np.sin(theta)])
+
+
+# ---------------------------------------------------------------- bad input
+def _xy(n=100, d=6):
+    X, y = small_task(d=d).sample(n, dtype="float64")
+    return X, y
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(width=7), "width=7 must be even"),
+    (dict(width=0), "width=0 must be >= 2"),
+    (dict(width=2.5), "width=2.5 must be an integer"),
+    (dict(t1=-1), "t1=-1 must be >= 0"),
+    (dict(loss="nope"), "loss='nope' is unknown"),
+    (dict(activation="relu"), "relu is allowed only for stage 2"),
+    (dict(activation="tanh"), "activation='tanh' is unknown"),
+    (dict(backend="tpu"), "backend='tpu' is unknown"),
+    (dict(dtype="float16"), "dtype='float16' is not supported"),
+    (dict(eta=-1.0), "eta=-1.0"),
+    (dict(method="magic"), "method='magic' is unknown"),
+    (dict(width=400), "smaller than width=400"),
+])
+def test_bad_hyperparameters(params, match):
+    X, y = _xy()
+    with pytest.raises(MimfastInputError, match=match):
+        LayerwiseRegressor(**{"backend": "numpy", "width": 4, **params}).fit(X, y)
+
+
+def test_bad_arrays():
+    X, y = _xy()
+    Xn = X.copy(); Xn[3, 2] = np.nan
+    with pytest.raises(MimfastInputError, match="stage-1 X contains 1 NaN/inf"):
+        LayerwiseRegressor(width=4, backend="numpy").fit(Xn, y)
+    yi = y.copy(); yi[0] = np.inf
+    with pytest.raises(MimfastInputError, match="stage-1 y contains 1 NaN/inf"):
+        LayerwiseRegressor(width=4, backend="numpy").fit(X, yi)
+    with pytest.raises(MimfastInputError, match=r"y must have shape \(100,\)"):
+        LayerwiseRegressor(width=4, backend="numpy").fit(X, y[:-1])
+    with pytest.raises(MimfastInputError, match="must be 2-D"):
+        LayerwiseRegressor(width=4, backend="numpy").fit(X[0], y)
+    with pytest.raises(MimfastInputError, match="stage-2 X has d=5"):
+        LayerwiseRegressor(width=4, backend="numpy").fit(X, y, stage2=(X[:, :5], y))
+    est = LayerwiseRegressor(width=4, backend="numpy", t1=1).fit(X, y)
+    with pytest.raises(MimfastInputError, match=r"X must have shape \(n, 6\)"):
+        est.predict(X[:, :4])
+    with pytest.raises(MimfastInputError, match="not fitted"):
+        LayerwiseRegressor().predict(X)
+
+
+def test_memory_error_says_how_much_is_needed():
+    with pytest.raises(MimfastInputError, match=r"needs .*GiB.* available"):
+        train(small_task(d=1000), 10**6, 10**6, 10, width=8, backend="numpy",
+              data="materialise", memory_budget=2**30)
+
+
+def test_gpu_backend_without_gpu_is_a_clear_error():
+    from mimfast.backends import gpu_status
+    ok, _ = gpu_status()
+    if ok:
+        pytest.skip("a GPU is usable here")
+    with pytest.raises(MimfastInputError, match="backend='cupy' is unavailable"):
+        LayerwiseRegressor(backend="cupy").fit(*_xy())
+
+
+# ---------------------------------------------------------------- CLI
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "mimfast", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_run_writes_json(tmp_path):
+    out = tmp_path / "rec.json"
+    p = _cli("run", "--d", "32", "--n1", "2000", "--n2", "2000", "--n-test", "500",
+             "--width", "16", "--backend", "numpy", "--baselines", "--json", str(out))
+    assert p.returncode == 0, p.stderr
+    assert "test rel MSE" in p.stdout and "one-step" in p.stdout
+    rec = json.loads(out.read_text())
+    assert rec["n1"] == 2000 and rec["width"] == 16 and rec["backend"] == "numpy"
+    assert set(rec["baselines"]) == {"one_step", "spectral"}
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--d", "4", "--r", "8"], "r=8 exceeds d=4"),
+    (["--width", "5"], "width=5 must be even"),
+    (["--target", "xyz"], "target='xyz' is unknown"),
+    (["--loss", "l7"], "loss='l7' is unknown"),
+    (["--backend", "fpga"], "backend='fpga' is unknown"),
+    (["--dtype", "int32"], "dtype='int32' is not supported"),
+    (["--t1", "-2"], "t1=-2 must be >= 0"),
+    (["--d", "16", "--n1", "10", "--width", "32"], "smaller than width=32"),
+    (["--d", "200000", "--n1", "2000000", "--data", "materialise"], "needs"),
+    (["--width", "abc"], "expected an integer"),
+])
+def test_cli_errors_are_one_line_exit_2(args, match):
+    p = _cli("run", "--backend", "numpy", *args) if "--backend" not in args else _cli("run", *args)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+    assert match in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_cli_info():
+    p = _cli("info")
+    assert p.returncode == 0, p.stderr
+    for word in ("numpy", "numba", "blas", "gpu"):
+        assert word in p.stdout
