@@ -145,13 +145,13 @@ def format_record(rec):
         f"stage2 {t['stage2']:.2f}s  test {t['test']:.2f}s  total {t['total']:.2f}s",
         "",
         f"{'method':<12}{'T1':>4}  {'test rel MSE':>12}  {'energy in U':>11}  "
-        f"{'stage1 s':>8}  sin theta per direction",
+        f"{'stage1 s':>8}  {'sin theta per direction':<24}  energy per direction",
     ]
 
     def row(name, r):
         return (f"{name:<12}{r['t1']:>4}  {r['test_rel_mse']:>12.4f}  "
                 f"{r['energy_in_u']:>11.3f}  {r['timings']['stage1']:>8.2f}  "
-                f"{_fmt_sines(r['sin_theta'])}")
+                f"{_fmt_sines(r['sin_theta']):<24}  {_fmt_sines(r['energy_per_direction'])}")
 
     lines.append(row(rec["method"], rec))
     for name, b in rec.get("baselines", {}).items():

@@ -48,6 +48,19 @@ def energy_in_subspace(U, W):
     return float(np.mean(np.sum(proj * proj, axis=0) / norms))
 
 
+def energy_per_direction(U, W):
+    """For each row u_k of U: mean over neurons of (u_k . w_j)^2 / ||w_j||^2.
+
+    Shows collapse onto the top direction, which the singular-space angles hide:
+    a tiny but non-zero component along u_k keeps sin theta small.
+    """
+    W = np.asarray(W, dtype=np.float64)
+    proj = np.asarray(U, dtype=np.float64) @ W
+    norms = np.sum(W * W, axis=0)
+    norms[norms == 0] = 1.0
+    return np.mean(proj * proj / norms, axis=1)
+
+
 def relative_mse(pred, y):
     """MSE / Var(y)."""
     pred = np.asarray(pred, dtype=np.float64)

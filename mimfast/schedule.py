@@ -314,6 +314,8 @@ class LayerwiseRegressor:
         if self.subspace_ is not None:
             entry["sin_theta"] = metrics.subspace_sines(self.subspace_, W).tolist()
             entry["energy_in_u"] = metrics.energy_in_subspace(self.subspace_, W)
+            entry["energy_per_direction"] = metrics.energy_per_direction(
+                self.subspace_, W).tolist()
         self.history_.append(entry)
 
     # ------------------------------------------------------------------ stage 2
@@ -354,6 +356,8 @@ class LayerwiseRegressor:
         yy_val = float(np.mean(yc[n_fit:].astype(np.float64) ** 2))
         scale = max(np.trace(A_fit) / width, np.finfo(np.float64).tiny)
         grid = np.atleast_1d(np.asarray(self.ridge, dtype=np.float64))
+        # below ~10 eps the penalty is under the round-off of a Gram accumulated in dtype
+        grid = np.unique(np.maximum(grid, 10 * np.finfo(dt).eps))
         s, V = np.linalg.eigh(A_fit)
         proj = V.T @ v_fit
         best = (math.inf, None)
@@ -365,9 +369,9 @@ class LayerwiseRegressor:
             if mse < best[0]:
                 best = (mse, lam)
         lam = best[1] if best[1] is not None else grid[0]
-        A = (n_fit * A_fit + n_val * A_val) / src2.n
-        v = (n_fit * v_fit + n_val * v_val) / src2.n
-        a = np.linalg.solve(A + lam * scale * np.eye(width), v)
+        # keep the coefficients that were validated: refitting on fit+val with the same
+        # penalty can blow up along near-null directions of a collapsed feature Gram
+        a = V @ (proj / (s + lam * scale + 1e-300))
         self.ridge_ = float(lam)
         self.val_rel_mse_ = best[0] / yy_val if yy_val > 0 else float("nan")
         self.coef_ = a
@@ -490,6 +494,7 @@ def train(task, n1=None, n2=None, n_test=None, *, width=256, t1="auto", loss="sq
             "sin_theta": sines.tolist(),
             "sin_theta_max": float(sines.max()),
             "energy_in_u": metrics.energy_in_subspace(task.U, W),
+            "energy_per_direction": metrics.energy_per_direction(task.U, W).tolist(),
             "t1": est.t1_,
             "eta": est.eta_,
             "ridge": est.ridge_,
