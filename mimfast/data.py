@@ -5,22 +5,207 @@ pass over any source as a row-weighted sum of block results.  Two kinds:
 
 * ``ArraySource``: rows held in memory (user arrays, or a task materialised
   once on the backend's device).  One block: the whole array.
-* ``StreamedSource``: rows regenerated from the task's counter-based seeds on
-  every pass, ``block_rows`` at a time, so X is never held whole.  It yields
-  exactly the rows a materialised source of the same task/stream would hold.
+* ``TaskSource(streamed=True)``: rows regenerated from the task's
+  counter-based seeds on every pass, ``block_rows`` at a time, so X is never
+  held whole.  It yields exactly the rows a materialised source of the same
+  task/stream would hold (tests/test_streaming.py checks this bit for bit).
 
 Labels are small (n values) and are always held whole on the host, so label
 transforms that need batch statistics (centring, the ``even`` loss) see the
 full batch in both kinds.
+
+Block size.  A streamed block costs ``block_rows * d * itemsize`` bytes for X
+plus one float64 generation chunk (``CHUNK_ROWS * d * 8`` bytes) per sampler
+thread; ``streamed_block_rows`` picks the largest multiple of ``CHUNK_ROWS``
+whose block stays under ``STREAM_BLOCK_TARGET`` bytes (256 MiB: large enough
+that a kernel call amortises its overhead, small enough to stay far below the
+memory budget) and under an eighth of the memory budget, and never below one
+chunk.  Blocks are aligned to absolute chunk boundaries, so no generation
+chunk is drawn twice in one pass.  ``streamed_block_bytes`` is the same
+figure for ``schedule.plan_memory``.
+
+Fast sampler.  Drawing the rows is a real cost at large d: numpy's
+``Generator.standard_normal`` runs at tens of ns per element on a loaded
+2-core machine, and a streamed run redraws X on every pass.  ``sample_rows``
+produces exactly the rows of ``MultiIndexTask.sample`` (same chunk seeds,
+same PCG64 stream, same ziggurat, same float64 labels through
+``task.labels``, then the same rounding) but draws each chunk with Numba's
+port of numpy's ziggurat (``Generator.standard_normal`` inside an ``njit``
+function: identical numbers, about 2-3x faster), writes the rounded rows
+straight into the output (no extra float64 array per chunk: each thread
+reuses one chunk buffer) and releases the GIL so chunks are drawn on all
+sampler threads.  At import-of-first-use it checks itself against numpy on a
+small chunk and falls back to numpy's own generator if anything differs, so
+the output never changes.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-DEFAULT_BLOCK_ROWS = 32768
+from .errors import available_memory_bytes
+from .tasks import CHUNK_ROWS, STREAMS, chunk_seed
+
+DEFAULT_BLOCK_ROWS = None  # None: streamed_block_rows(d, dtype, budget)
+STREAM_BLOCK_TARGET = 256 * 2 ** 20
 
 
+# --------------------------------------------------------------------------
+# block sizing
+# --------------------------------------------------------------------------
+def sampler_threads(threads=None):
+    return max(1, int(threads or min(os.cpu_count() or 1, 8)))
+
+
+def streamed_block_rows(d, dtype="float32", memory_budget=None,
+                        target_bytes=STREAM_BLOCK_TARGET):
+    """Rows per streamed block: a multiple of CHUNK_ROWS, adapted to d and the budget."""
+    row_bytes = int(d) * np.dtype(dtype).itemsize
+    cap = int(target_bytes)
+    if memory_budget is not None:
+        cap = min(cap, int(memory_budget) // 8)
+    chunks = max(1, cap // (CHUNK_ROWS * row_bytes))
+    return chunks * CHUNK_ROWS
+
+
+def default_memory_budget(memory_budget=None):
+    """The budget in bytes: as given, else 60% of the memory free now (None if unknown)."""
+    if memory_budget is not None:
+        return int(memory_budget)
+    avail = available_memory_bytes()
+    return int(0.6 * avail) if avail else None
+
+
+def streamed_block_bytes(d, dtype="float32", memory_budget=None, threads=None,
+                         block_rows=None, width=0):
+    """Bytes a streamed pass holds at once.
+
+    One X block, the sampler's float64 chunk buffer per thread, and the
+    kernels' (rows x width) temporaries (about four such arrays).
+    """
+    item = np.dtype(dtype).itemsize
+    rows = int(block_rows or streamed_block_rows(d, dtype, memory_budget))
+    return (rows * int(d) * item
+            + sampler_threads(threads) * CHUNK_ROWS * int(d) * 8
+            + 4 * rows * int(width) * item)
+
+
+# --------------------------------------------------------------------------
+# the fast, output-identical sampler
+# --------------------------------------------------------------------------
+_FILL = None          # numba kernel, False when unusable
+_FILL_LOCK = threading.Lock()
+
+
+def _build_fill():
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def fill(gen, buf, out, lo, hi):
+        """buf[i, :] <- N(0,1) in numpy's order; out[i - lo, :] <- buf[i, :] for lo <= i < hi."""
+        rows, d = buf.shape
+        for i in range(rows):
+            keep = lo <= i < hi
+            for j in range(d):
+                v = gen.standard_normal()
+                buf[i, j] = v
+                if keep:
+                    out[i - lo, j] = v
+    return fill
+
+
+def _numpy_fill(gen, buf, out, lo, hi):
+    gen.standard_normal(out=buf)
+    out[...] = buf[lo:hi]
+
+
+def _get_fill():
+    """The Numba chunk filler if it reproduces numpy exactly, else numpy's own."""
+    global _FILL
+    if _FILL is None:
+        with _FILL_LOCK:
+            if _FILL is None:
+                try:
+                    fill = _build_fill()
+                    seed = chunk_seed(12345, 1, 7)
+                    buf = np.empty((3, 257))
+                    out = np.empty((2, 257), dtype=np.float32)
+                    g = np.random.default_rng(seed)
+                    fill(g, buf, out, 1, 3)
+                    tail = g.standard_normal(5)
+                    g0 = np.random.default_rng(seed)
+                    ref = g0.standard_normal((3, 257))
+                    ok = (np.array_equal(buf, ref) and np.array_equal(tail, g0.standard_normal(5))
+                          and np.array_equal(out, ref[1:3].astype(np.float32)))
+                    _FILL = fill if ok else False
+                except Exception:  # numba missing, or no Generator support
+                    _FILL = False
+    return _FILL or _numpy_fill
+
+
+def sampler_kind():
+    """'numba' when the fast chunk filler is in use, else 'numpy'."""
+    _get_fill()
+    return "numba" if _FILL else "numpy"
+
+
+
+
+def sample_rows(task, n, stream="stage1", start=0, dtype="float64", threads=None,
+                out=None):
+    """Rows start..start+n of a task stream: exactly ``task.sample(...)``, faster.
+
+    ``out`` (n, d) of ``dtype`` may be given to fill in place.  Returns (X, y).
+    """
+    from .errors import check_dtype, check_int
+    n = check_int(n, "n", 1)
+    start = check_int(start, "start", 0)
+    dt = check_dtype(dtype)
+    d = task.d
+    sid = STREAMS[stream] if isinstance(stream, str) else int(stream)
+    X = np.empty((n, d), dtype=dt) if out is None else out
+    if X.shape != (n, d) or X.dtype != dt or not X.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous ({n}, {d}) {dt}")
+    y = np.empty(n, dtype=dt)
+    fill = _get_fill()
+    first, last = start // CHUNK_ROWS, (start + n - 1) // CHUNK_ROWS
+    local = threading.local()  # one float64 chunk buffer per thread, for this call only
+
+    def one(chunk):
+        base = chunk * CHUNK_ROWS
+        lo, hi = max(start, base), min(start + n, base + CHUNK_ROWS)
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = np.empty((CHUNK_ROWS, d))
+        rng = np.random.default_rng(chunk_seed(task.seed, sid, chunk))
+        fill(rng, buf, X[lo - start:hi - start], lo - base, hi - base)
+        yc = task.labels(buf, rng)  # same float64 rows, same rng state: same labels
+        y[lo - start:hi - start] = yc[lo - base:hi - base]
+
+    chunks = range(first, last + 1)
+    workers = min(sampler_threads(threads), len(chunks))
+    if workers <= 1:
+        for c in chunks:
+            one(c)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, chunks))
+    return X, y
+
+
+def _uses_plain_sampler(backend):
+    """True when the backend samples on the host with task.sample (numpy, numba)."""
+    from .backends import Backend
+    return type(backend).sample is Backend.sample
+
+
+# --------------------------------------------------------------------------
+# sources
+# --------------------------------------------------------------------------
 class ArraySource:
     kind = "materialised"
 
@@ -53,40 +238,82 @@ class ArraySource:
 
 
 class TaskSource:
-    """Rows ``start .. start+n`` of a task stream, materialised or streamed."""
+    """Rows ``start .. start+n`` of a task stream, materialised or streamed.
+
+    ``block_rows`` (streamed only): rows per block; None adapts it to d, the
+    dtype and ``memory_budget`` (see ``streamed_block_rows``).
+    """
 
     def __init__(self, task, stream, n, dtype, backend, start=0, streamed=False,
-                 block_rows=DEFAULT_BLOCK_ROWS):
+                 block_rows=DEFAULT_BLOCK_ROWS, memory_budget=None):
         self.task, self.stream, self.n, self.d = task, stream, int(n), task.d
         self.dtype = np.dtype(dtype)
         self.start = int(start)
         self.streamed = bool(streamed)
-        self.block_rows = int(block_rows)
+        self.memory_budget = memory_budget
+        if block_rows is None:
+            block_rows = streamed_block_rows(self.d, self.dtype,
+                                             default_memory_budget(memory_budget))
+        self.block_rows = max(1, int(block_rows))
         self._backend = backend
         self._X = None
         self._y = None
         self.kind = "streamed" if streamed else "materialised"
+        self.passes = 0  # full passes drawn (streamed: regenerations of X)
+
+    # -- drawing rows ------------------------------------------------------
+    def _sample(self, rows, start, out=None):
+        be = self._backend
+        if _uses_plain_sampler(be):
+            X, y = sample_rows(self.task, rows, self.stream, start, self.dtype,
+                               threads=be.threads, out=out)
+            return be.asarray(X), y
+        X, y = be.sample(self.task, rows, self.stream, start, self.dtype)
+        return X, be.to_numpy(y)
 
     def _materialise(self):
-        X, y = self._backend.sample(self.task, self.n, self.stream, self.start, self.dtype)
-        self._y = self._backend.to_numpy(y)
+        X, y = self._sample(self.n, self.start)
+        self._y = np.asarray(y)
         if not self.streamed:
             self._X = X
         return X
 
+    def _ranges(self):
+        """Block row ranges [lo, hi) relative to start, aligned to absolute chunks."""
+        step = self.block_rows
+        if step % CHUNK_ROWS == 0:
+            lo = 0
+            while lo < self.n:
+                edge = ((self.start + lo) // CHUNK_ROWS) * CHUNK_ROWS + step
+                hi = min(self.n, edge - self.start)
+                yield lo, hi
+                lo = hi
+        else:
+            for lo in range(0, self.n, step):
+                yield lo, min(self.n, lo + step)
+
     def labels(self):
         if self._y is None:
             if self.streamed:
-                parts = []
-                for lo in range(0, self.n, self.block_rows):
-                    rows = min(self.block_rows, self.n - lo)
-                    _, y = self.task.sample(rows, self.stream, self.start + lo, self.dtype,
-                                            threads=self._backend.threads)
-                    parts.append(y)
-                self._y = np.concatenate(parts)
+                y = np.empty(self.n, dtype=self.dtype)
+                buf = None
+                for lo, hi in self._ranges():
+                    buf = self._block_buffer(hi - lo, buf)
+                    _, yb = self._sample(hi - lo, self.start + lo, out=buf)
+                    y[lo:hi] = yb
+                self.passes += 1
+                self._y = y
             else:
                 self._materialise()
         return self._y
+
+    def _block_buffer(self, rows, buf):
+        """Reuse one host block across a pass (no fresh allocation per block)."""
+        if not _uses_plain_sampler(self._backend):
+            return None
+        if buf is None or buf.shape[0] < rows:
+            buf = np.empty((max(rows, min(self.block_rows, self.n)), self.d), self.dtype)
+        return buf[:rows]
 
     def blocks(self):
         if not self.streamed:
@@ -94,14 +321,21 @@ class TaskSource:
                 self._materialise()
             yield 0, self._X
             return
-        for lo in range(0, self.n, self.block_rows):
-            rows = min(self.block_rows, self.n - lo)
-            X, _ = self._backend.sample(self.task, rows, self.stream, self.start + lo,
-                                        self.dtype)
+        buf = None
+        ys = [] if self._y is None else None
+        for lo, hi in self._ranges():
+            buf = self._block_buffer(hi - lo, buf)
+            X, yb = self._sample(hi - lo, self.start + lo, out=buf)
+            if ys is not None:
+                ys.append(yb)
             yield lo, X
+        self.passes += 1
+        if ys is not None and self._y is None:  # a full pass gives the labels for free
+            self._y = np.concatenate(ys)
 
     def split(self, n_first):
-        kw = dict(streamed=self.streamed, block_rows=self.block_rows)
+        kw = dict(streamed=self.streamed, block_rows=self.block_rows,
+                  memory_budget=self.memory_budget)
         return (TaskSource(self.task, self.stream, n_first, self.dtype, self._backend,
                            self.start, **kw),
                 TaskSource(self.task, self.stream, self.n - n_first, self.dtype,

@@ -26,7 +26,7 @@ import numpy as np
 from . import metrics
 from .activations import check_activation
 from .backends import get_backend
-from .data import ArraySource, TaskSource, bytes_needed
+from .data import ArraySource, TaskSource, bytes_needed, streamed_block_bytes
 from .errors import (MimfastInputError, available_memory_bytes, check_choice,
                      check_dtype, check_finite, check_int, human_bytes)
 from .losses import get_loss
@@ -420,7 +420,9 @@ def plan_memory(d, n1, n2, n_test, dtype, width, data="auto", memory_budget=None
     budget = memory_budget if memory_budget is not None else (
         int(0.6 * avail) if avail else None)
     fixed = 8 * d * width * itemsize + (d * d * 8 * 2 if method == "spectral" else 0)
-    stream_block = 32768 * d * 8 * 2
+    # one streamed X block (sized by data.streamed_block_rows for this d and budget),
+    # the sampler's float64 chunk buffers and the kernels' (rows x width) temporaries
+    stream_block = streamed_block_bytes(d, dtype, budget, width=width)
     data_bytes = bytes_needed(n1 + n2 + n_test, d, dtype)
     if budget is not None and fixed + min(stream_block, data_bytes) > budget:
         raise MimfastInputError(
@@ -467,9 +469,10 @@ def train(task, n1=None, n2=None, n_test=None, *, width=256, t1="auto", loss="sq
     streamed = mode == "stream"
     timings = {}
     with _timer(timings, "data"):
-        s1 = TaskSource(task, "stage1", n1, dt, be, streamed=streamed)
-        s2 = TaskSource(task, "stage2", n2, dt, be, streamed=streamed)
-        st = TaskSource(task, "test", n_test, dt, be, streamed=streamed)
+        kw = dict(streamed=streamed, memory_budget=memory_budget)
+        s1 = TaskSource(task, "stage1", n1, dt, be, **kw)
+        s2 = TaskSource(task, "stage2", n2, dt, be, **kw)
+        st = TaskSource(task, "test", n_test, dt, be, **kw)
         if not streamed:  # generate now so data time is not charged to the stages
             for s in (s1, s2, st):
                 next(s.blocks())

@@ -1,0 +1,158 @@
+"""`mimfast scale`: tidy rows, figure, fitted exponent, and resuming an interrupted sweep."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mimfast import scaling
+
+SETTINGS = {"c": 2.0, "width": 4, "t1": 1, "target": "he2", "r": 2, "noise": 0.0,
+            "loss": "square", "activation": "logcosh", "backend": "numpy",
+            "dtype": "float32", "threads": 1, "data": "auto", "memory_budget": None,
+            "n_test": 512, "power_iters": 3}
+DS = [16, 24, 32]
+
+
+def _csv_rows(out):
+    with open(out / "scaling.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_sweep_writes_rows_figure_and_summary(tmp_path):
+    rows, summary = scaling.sweep(DS, [0, 1], str(tmp_path), SETTINGS, isolate=False,
+                                  progress=False, log=None)
+    assert len(rows) == 6
+    for name in ("runs.jsonl", "scaling.csv", "scaling.json", "summary.json", "scaling.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    table = _csv_rows(tmp_path)
+    assert [int(r["d"]) for r in table] == [16, 16, 24, 24, 32, 32]
+    for r in table:
+        assert int(r["n1"]) == scaling.n_for(int(r["d"]), 2.0)
+        assert float(r["time_total"]) > 0 and 0 <= float(r["sin_theta_max"]) <= 1
+        assert r["data_mode"] == "materialise" and r["backend"] == "numpy"
+        work = int(r["n1"]) * int(r["d"]) * 4 * (int(r["t1"]) + 1)
+        assert int(r["work"]) == work
+        assert math.isclose(float(r["cost_per_work_ns"]), 1e9 * float(r["time_total"]) / work,
+                            rel_tol=1e-6)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["d"] == DS and len(s["per_d"]) == 3 and math.isfinite(s["total"]["exponent"])
+    assert s["total"]["ci_low"] <= s["total"]["exponent"] <= s["total"]["ci_high"]
+    assert summary["cost_per_work_spread"] >= 1.0
+
+
+class _Killed(BaseException):
+    """Stands in for a kill / Ctrl-C in the middle of the sweep."""
+
+
+def test_interrupted_sweep_resumes_without_recomputing(tmp_path):
+    calls = []
+
+    def dies_at_third(cfg):
+        if len(calls) == 2:
+            raise _Killed()
+        calls.append((cfg["d"], cfg["seed"]))
+        return scaling.run_point(cfg, warm=False)
+
+    with pytest.raises(_Killed):
+        scaling.sweep(DS, [0, 1], str(tmp_path), SETTINGS, runner=dies_at_third,
+                      progress=False, log=None)
+    done = [json.loads(l) for l in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [(r["d"], r["seed"]) for r in done] == calls == [(16, 0), (16, 1)]
+    assert len(_csv_rows(tmp_path)) == 2
+
+    # a kill in the middle of appending leaves a torn line: it is ignored
+    with open(tmp_path / "runs.jsonl", "a") as fh:
+        fh.write('{"d": 24, "seed": 0, "ke')
+
+    again = []
+
+    def counting(cfg):
+        again.append((cfg["d"], cfg["seed"]))
+        return scaling.run_point(cfg, warm=False)
+
+    msgs = []
+    rows, _ = scaling.sweep(DS, [0, 1], str(tmp_path), SETTINGS, runner=counting,
+                            progress=False, log=msgs.append)
+    assert again == [(24, 0), (24, 1), (32, 0), (32, 1)]  # finished rows not recomputed
+    assert any("resuming: 2 of 6" in m for m in msgs)
+    assert len(rows) == 6 and len(_csv_rows(tmp_path)) == 6
+    first = {(r["d"], r["seed"]): r for r in done}
+    for r in rows:  # the kept rows are the original ones, untouched
+        if (r["d"], r["seed"]) in first:
+            assert r["time_total"] == first[(r["d"], r["seed"])]["time_total"]
+
+    # a third run has nothing to do
+    third = []
+    scaling.sweep(DS, [0, 1], str(tmp_path), SETTINGS, runner=lambda c: third.append(c),
+                  progress=False, log=None)
+    assert third == []
+
+
+def test_failed_point_is_reported_and_rerun_later(tmp_path):
+    def fails_for_24(cfg):
+        if cfg["d"] == 24:
+            raise RuntimeError("injected failure")
+        return scaling.run_point(cfg, warm=False)
+
+    rows, summary = scaling.sweep(DS, [0], str(tmp_path), SETTINGS, runner=fails_for_24,
+                                  progress=False, log=None)
+    assert sorted(r["d"] for r in rows) == [16, 32]
+    assert len(summary["failures"]) == 1 and "d=24" in summary["failures"][0]
+    seen = []
+    rows, summary = scaling.sweep(DS, [0], str(tmp_path), SETTINGS,
+                                  runner=lambda c: seen.append(c["d"]) or
+                                  scaling.run_point(c, warm=False),
+                                  progress=False, log=None)
+    assert seen == [24] and len(rows) == 3 and not summary["failures"]
+
+
+def test_changed_settings_are_new_rows(tmp_path):
+    scaling.sweep([16], [0], str(tmp_path), SETTINGS, isolate=False, progress=False, log=None)
+    rows, _ = scaling.sweep([16], [0], str(tmp_path), {**SETTINGS, "width": 6},
+                            isolate=False, progress=False, log=None)
+    assert [r["width"] for r in rows] == [6]
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 2
+
+
+def test_fit_exponent_recovers_a_power_law():
+    ds = np.array([512, 1024, 2048, 4096, 8192] * 2)
+    rng = np.random.default_rng(0)
+    ts = 1e-7 * ds ** 2.2 * np.exp(0.03 * rng.standard_normal(ds.size))
+    fit = scaling.fit_exponent(ds, ts)
+    assert fit["ci_low"] < 2.2 < fit["ci_high"] and abs(fit["exponent"] - 2.2) < 0.05
+
+
+def test_sweep_level_data_mode_streams_everything_when_the_largest_must():
+    s = {**SETTINGS, "c": 8.0, "width": 32, "memory_budget": 12 * 2 ** 30}
+    assert scaling.decide_data_mode("auto", [512, 8192], s) == "stream"
+    assert scaling.decide_data_mode("auto", [512, 1024], s) == "materialise"
+    assert scaling.decide_data_mode("auto-point", [512, 8192], s) == "auto"
+
+
+def test_cli_scale_isolated_points_report_peak_memory(tmp_path):
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "mimfast", "scale", "--d", "16,32", "--seeds", "1",
+           "--c", "2", "--width", "4", "--t1", "1", "--backend", "numpy",
+           "--power-iters", "3", "--no-progress", "--out", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr
+    assert "fitted exponent" in p.stdout and (out / "scaling.png").exists()
+    rows = _csv_rows(out)
+    assert len(rows) == 2
+    for r in rows:
+        assert int(r["peak_rss_bytes"]) > int(r["rss_baseline_bytes"]) > 0
+    p2 = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert p2.returncode == 0 and "resuming: 2 of 2" in p2.stdout
+
+
+def test_cli_scale_rejects_bad_input():
+    p = subprocess.run([sys.executable, "-m", "mimfast", "scale", "--d", "16", "--width", "5",
+                        "--out", "/nonexistent/never"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and "width=5 must be even" in p.stderr
+    assert "Traceback" not in p.stderr
