@@ -41,6 +41,11 @@ BENCH_BUDGET_S = 150          # machine + stage-1 timings: no new measurement af
 TRAIN_TIMEOUT_S = 100         # the d = 8192 training
 REPEATS = 10
 WARMUP = 2
+BENCH_DIMS = (2048, 8192)     # d of the stage-1 timings (n = 8 d ln d, capped)
+BENCH_WIDTHS = (8, 32, 128, 512)
+SGEMM_N = 8192                # square sgemm size of the machine measurement
+COPY_BYTES = 4 * 2**30        # device-to-device copy size
+TRAIN_D = 8192
 
 
 def _log(*args):
@@ -111,7 +116,7 @@ def _median_ms(cp, fn, repeats=REPEATS, warmup=WARMUP):
 
 def _machine(cp, gpu):
     res = {}
-    nbytes = 4 * 2**30
+    nbytes = COPY_BYTES
     src = cp.empty(nbytes // 4, dtype=cp.float32)
     src.fill(1.0)
     dst = cp.empty_like(src)
@@ -128,7 +133,7 @@ def _machine(cp, gpu):
     del src, dst
     cp.get_default_memory_pool().free_all_blocks()
 
-    s = 8192
+    s = SGEMM_N
     A = gpu.sample_gaussian_rows(1, 1, 0, s, s, "float32")
     B = gpu.sample_gaussian_rows(1, 2, 0, s, s, "float32")
     C = cp.empty((s, s), dtype=cp.float32)
@@ -148,7 +153,7 @@ def _stage1_bench(cp, gpu, machine, t_end):
 
     rows = []
     free, _total = cp.cuda.runtime.memGetInfo()
-    for d in (2048, 8192):
+    for d in BENCH_DIMS:
         n = int(8 * d * math.log(d))
         cap = int(0.45 * free) // (4 * d)          # X in float32 takes <= 45% of free memory
         n = max(1024, min(n, cap))
@@ -158,11 +163,11 @@ def _stage1_bench(cp, gpu, machine, t_end):
         X = gpu.sample_gaussian_rows(0, 0, 0, n, d, "float32")
         rng = np.random.default_rng(0)
         y = cp.asarray(rng.standard_normal(n).astype(np.float32))
-        for m in (8, 32, 128, 512):
+        for m in BENCH_WIDTHS:
             W = cp.asarray((1e-3 * rng.standard_normal((d, m)) / np.sqrt(d)).astype(np.float32))
             a = cp.asarray(np.tile(np.array([1.0, -1.0], np.float32), m // 2))
             b = cp.zeros(m, dtype=cp.float32)
-            P = cp.asarray(rng.standard_normal((n, m)).astype(np.float32)) if m <= 512 else None
+            P = cp.asarray(rng.standard_normal((n, m)).astype(np.float32))
             flops = 4.0 * n * d * m
             xbytes = 4.0 * n * d
             paths = ["gemm", "fused"] if m <= gpu.FUSED_MAX_WIDTH else ["gemm"]
@@ -236,7 +241,7 @@ res = {}
 try:
     from mimfast.schedule import train
     from mimfast.tasks import MultiIndexTask
-    d = 8192
+    d = int(sys.argv[2])
     n = int(8 * d * math.log(d))
     task = MultiIndexTask(d=d, r=2, link="he2", noise=0.0, seed=0)
     t0 = time.time()
@@ -264,7 +269,8 @@ def _run_training(outdir):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     try:
-        r = subprocess.run([sys.executable, "-c", _TRAIN_CODE, str(path)], capture_output=True,
+        r = subprocess.run([sys.executable, "-c", _TRAIN_CODE, str(path), str(TRAIN_D)],
+                           capture_output=True,
                            text=True, timeout=TRAIN_TIMEOUT_S, cwd=str(ROOT), env=env)
         res = json.loads(path.read_text()) if path.exists() else {
             "error": f"no result (rc={r.returncode})", "stderr": r.stderr[-3000:]}
@@ -335,7 +341,7 @@ def main(argv=None):
         _write(outdir, summary)
     cp.get_default_memory_pool().free_all_blocks()
 
-    _log("training at d=8192 through mimfast.schedule.train ...")
+    _log(f"training at d={TRAIN_D} through mimfast.schedule.train ...")
     summary["training"] = _run_training(outdir)
     _log(json.dumps({k: v for k, v in summary["training"].items()
                      if k in ("error", "test_rel_mse", "timings", "seconds")}, default=str))

@@ -39,8 +39,8 @@ the ``CUPY_TF32=1`` environment variable only sets the initial float32 compute t
 ``COMPUTE_TYPE_DEFAULT`` (cuBLAS ``CUBLAS_COMPUTE_32F``, no TF32) or ``COMPUTE_TYPE_TF32``
 (``CUBLAS_COMPUTE_32F_FAST_TF32``) around each call and restores the previous value, so
 ``allow_tf32=False`` means full float32 even when ``CUPY_TF32=1`` is set.  The setting is
-process-global in CuPy: do not run calls with different ``allow_tf32`` concurrently from
-several threads.  The fused kernels use no tensor cores, so TF32 never applies to them.
+process-global in CuPy, so calls from several threads are serialised by a lock while it is
+in force.  The fused kernels use no tensor cores, so TF32 never applies to them.
 
 Also: ``is_available()``, ``sample_gaussian_rows`` (Philox4x32-10 + Box-Muller on the
 device, ``cuda/sampler.cu``) and its numpy twin ``philox_gaussian_rows_numpy``,

@@ -108,7 +108,10 @@ __device__ __forceinline__ void load_x_chunk(const T* __restrict__ X, long long 
                                              long long row0, long long row_end, long long c0,
                                              T* xs)
 {
-    for (int e = threadIdx.x; e < S1_R * S1_KC; e += S1_NT) {
+    static_assert((S1_R * S1_KC) % S1_NT == 0, "X chunk layout");
+#pragma unroll
+    for (int i = 0; i < (S1_R * S1_KC) / S1_NT; ++i) {  // independent loads in flight
+        const int e = (int)threadIdx.x + i * S1_NT;
         const int r = e / S1_KC;
         const int kk = e - r * S1_KC;
         const long long row = row0 + r;
@@ -140,6 +143,7 @@ stage1_fused(const T* __restrict__ X, const T* __restrict__ y, const T* __restri
     constexpr int CSTEP = S1_NT / MP;                           // <= S1_KC since MP >= 4
     constexpr int QC = S1_KC / CSTEP;                           // columns per thread (>= 1)
     static_assert(CSTEP <= S1_KC && S1_KC % CSTEP == 0, "phase C layout");
+    static_assert((S1_KC * MP) % S1_NT == 0, "W chunk layout");
 
     MIMFAST_DYNAMIC_SMEM(smem_raw);
     T* accs = reinterpret_cast<T*>(smem_raw);                   // slab_cols * MP
@@ -186,7 +190,9 @@ stage1_fused(const T* __restrict__ X, const T* __restrict__ y, const T* __restri
         }
         for (long long c0 = 0; c0 < d; c0 += S1_KC) {
             load_x_chunk<T>(X, d, row0, row_stop, c0, xs);
-            for (int e = tid; e < S1_KC * MP; e += S1_NT) {
+#pragma unroll
+            for (int i = 0; i < (S1_KC * MP) / S1_NT; ++i) {
+                const int e = tid + i * S1_NT;
                 const int kk = e / MP;
                 const long long col = c0 + kk;
                 ws[e] = (col < d) ? W[col * MP + (e - kk * MP)] : T(0);

@@ -61,6 +61,7 @@ stage2_fused(const T* __restrict__ X, const T* __restrict__ y, const T* __restri
     constexpr int RA = (S2_R + RSTEP - 1) / RSTEP;
     constexpr int NOUT = MP * MP + MP;
     constexpr int QF = (NOUT + S2_NT - 1) / S2_NT;
+    static_assert((S2_R * S2_KC) % S2_NT == 0 && (S2_KC * MP) % S2_NT == 0, "chunk layout");
 
     MIMFAST_DYNAMIC_SMEM(smem_raw);
     T* xs = reinterpret_cast<T*>(smem_raw);   // S2_R * (S2_KC + 1)
@@ -97,7 +98,9 @@ stage2_fused(const T* __restrict__ X, const T* __restrict__ y, const T* __restri
             hacc[q] = T(0);
         }
         for (long long c0 = 0; c0 < d; c0 += S2_KC) {
-            for (int e = tid; e < S2_R * S2_KC; e += S2_NT) {
+#pragma unroll
+            for (int i = 0; i < (S2_R * S2_KC) / S2_NT; ++i) {  // independent loads in flight
+                const int e = tid + i * S2_NT;
                 const int r = e / S2_KC;
                 const int kk = e - r * S2_KC;
                 const long long row = row0 + r;
@@ -108,7 +111,9 @@ stage2_fused(const T* __restrict__ X, const T* __restrict__ y, const T* __restri
                 }
                 xs[r * (S2_KC + 1) + kk] = v;
             }
-            for (int e = tid; e < S2_KC * MP; e += S2_NT) {
+#pragma unroll
+            for (int i = 0; i < (S2_KC * MP) / S2_NT; ++i) {
+                const int e = tid + i * S2_NT;
                 const int kk = e / MP;
                 const long long col = c0 + kk;
                 ws[e] = (col < d) ? W[col * MP + (e - kk * MP)] : T(0);
