@@ -11,7 +11,10 @@ In one process, on one set of arrays:
      (X @ W and X^T @ P, 4 n d m flops together) through numpy's BLAS with all
      its threads, and a square 2048^3 sgemm.  The compute ceiling is the best
      of these (at small m the step's GEMMs are bandwidth-bound, so their rate
-     is no ceiling).
+     is no ceiling);
+   * drawing task rows: ns per element of numpy's generator (``task.sample``)
+     and of the fast sampler (``data.sample_rows``, identical rows) - the
+     cost a streamed run pays on every pass over X.
 2. Each kernel x backend at each (d, width, dtype): the median of
    ``--repeats`` (>= 5) timed calls after a warm-up call (which also JIT-compiles
    Numba), the implementations interleaved round by round so that a noisy
@@ -168,6 +171,25 @@ def square_sgemm(dtype="float32", size=2048, repeats=3):
     return 2e-9 * size ** 3 / med
 
 
+def sampler_rates(d, dtype="float32", rows=4096, repeats=3, threads=None):
+    """ns per element drawing task rows: numpy's generator (task.sample) vs the fast sampler.
+
+    Both give identical rows; a streamed run pays this on every pass over X.
+    """
+    from .data import sample_rows, sampler_kind
+    from .tasks import MultiIndexTask
+    task = MultiIndexTask(d=d, r=2, link="he2", seed=3)
+    out = np.empty((rows, d), dtype=dtype)
+    sample_rows(task, 1024, "stage1", 0, dtype)  # JIT
+    times = time_interleaved({
+        "task.sample": lambda: task.sample(rows, "stage1", 0, dtype, threads=threads),
+        "sample_rows": lambda: sample_rows(task, rows, "stage1", 0, dtype, threads=threads,
+                                           out=out)}, repeats, warmup=0)
+    per = {k: 1e9 * statistics.median(v) / (rows * d) for k, v in times.items()}
+    per["fast_filler"] = sampler_kind()
+    return per
+
+
 def blas_info():
     from threadpoolctl import threadpool_info
     keep = ("user_api", "internal_api", "version", "architecture", "num_threads",
@@ -265,7 +287,8 @@ def torch_peers(X, y, W1, a, b1):
 
 # ---------------------------------------------------------------------- the bench
 def run_bench(ds, widths, dtypes=("float32",), backends=("numba", "numpy"), n=None,
-              kernels=KERNELS, repeats=5, threads=None, torch_peer=True, log=print):
+              kernels=KERNELS, repeats=5, threads=None, torch_peer=True, log=print,
+              sampler=True, square=2048):
     """Measure the machine, then every kernel x backend; returns a dict (JSON-able)."""
     from .backends import get_backend
     if repeats < 5:
@@ -302,7 +325,7 @@ def run_bench(ds, widths, dtypes=("float32",), backends=("numba", "numpy"), n=No
         for k, v in skipped.items():
             log(f"skipped backend {k}: {v}")
     for dtype in dtypes:
-        peak_sq = square_sgemm(dtype)
+        peak_sq = square_sgemm(dtype, square)
         for d in ds:
             nn = n or default_n(d, dtype)
             X, y = make_problem(d, nn, max(widths), dtype)
@@ -317,7 +340,14 @@ def run_bench(ds, widths, dtypes=("float32",), backends=("numba", "numpy"), n=No
                        + [r["X@W"] for r in lim["sgemm_at_shape"].values()]
                        + [r["X^T@P"] for r in lim["sgemm_at_shape"].values()])
             lim["compute_ceiling_GFLOPs"] = peak
+            if sampler:
+                lim["sampler_ns_per_element"] = sampler_rates(d, dtype, threads=threads)
             result["limits"].append(lim)
+            if log and sampler:
+                sr = lim["sampler_ns_per_element"]
+                log(f"d={d}: drawing rows {sr['task.sample']:.2f} ns/element with numpy's "
+                    f"generator, {sr['sample_rows']:.2f} with the fast sampler "
+                    f"({sr['fast_filler']} filler; identical rows)")
             if log:
                 log(f"d={d} n={nn} {dtype}: X {X.nbytes / 2**20:.0f} MiB, stream read "
                     f"{bw / 1e9:.1f} GB/s ({how}), sgemm square {peak_sq:.0f} GFLOP/s, "
@@ -382,6 +412,11 @@ def format_result(res):
                    f"{lim['stream_GBps']:.1f} GB/s ({lim['stream_method']}), sgemm square "
                    f"{lim['sgemm_square_GFLOPs']:.0f} GFLOP/s, compute ceiling "
                    f"{lim['compute_ceiling_GFLOPs']:.0f} GFLOP/s")
+        if "sampler_ns_per_element" in lim:
+            sr = lim["sampler_ns_per_element"]
+            out.append(f"  drawing rows at d={lim['d']}: numpy generator "
+                       f"{sr['task.sample']:.2f} ns/element, fast sampler "
+                       f"{sr['sample_rows']:.2f} ns/element ({sr['fast_filler']})")
     if res.get("peers"):
         out.append(f"peers: {res['peers']} (plain PyTorch, for comparison only)")
     out.append(format_rows(res["rows"]))
@@ -412,6 +447,8 @@ def register(subparsers):
     p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
+    p.add_argument("--no-sampler", action="store_true",
+                   help="skip timing the row sampler (data generation)")
     p.add_argument("--json", metavar="PATH", default=None)
     p.set_defaults(func=cmd_bench)
 
@@ -429,7 +466,8 @@ def cmd_bench(args):
         raise MimfastInputError("--d values must be >= 1")
     res = run_bench(args.d, args.width, args.dtype, args.backend, args.n, args.kernel,
                     args.repeats, args.threads, not args.no_torch,
-                    log=lambda s: print(s, file=sys.stderr, flush=True))
+                    log=lambda s: print(s, file=sys.stderr, flush=True),
+                    sampler=not args.no_sampler)
     print(format_result(res))
     if args.json:
         from .cli import write_json

@@ -300,7 +300,9 @@ def plot(rows, summary, path):
     ax = axes[0]
     for stage, mk in (("time_total", "o"), ("time_stage1", "s"), ("time_stage2", "^"),
                       ("time_data", "v")):
-        pts = [(r["d"], r[stage]) for r in rows if r[stage] > 0]
+        # streamed runs draw their rows inside the stages: no separate data time
+        pts = [(r["d"], r[stage]) for r in rows if r[stage] > 0
+               and not (stage == "time_data" and r["data_mode"] == "stream")]
         if pts:
             x, y = zip(*pts)
             ax.loglog(x, y, mk, alpha=0.6 if stage != "time_total" else 0.9,

@@ -15,7 +15,7 @@ from mimfast.errors import MimfastInputError
 @pytest.fixture(scope="module")
 def result():
     return bench.run_bench([64], [4, 8], ["float32"], ["numba", "numpy"], n=2048,
-                           repeats=5, torch_peer=True, log=None)
+                           repeats=5, torch_peer=True, log=None, square=256)
 
 
 def test_machine_limits_are_measured(result):
@@ -25,6 +25,8 @@ def test_machine_limits_are_measured(result):
     assert set(lim["sgemm_at_shape"]) == {4, 8}
     assert lim["compute_ceiling_GFLOPs"] >= lim["sgemm_square_GFLOPs"]
     assert result["machine"]["blas_kernel"]  # what threadpoolctl shows
+    sr = lim["sampler_ns_per_element"]
+    assert sr["task.sample"] > 0 and sr["sample_rows"] > 0
 
 
 def test_rows_have_roofline_and_ratio(result):
