@@ -165,6 +165,7 @@ class Store:
         os.makedirs(out, exist_ok=True)
         self.log = os.path.join(out, "runs.jsonl")
         self.rows = []
+        self.keys = set()
         if os.path.exists(self.log):
             with open(self.log) as fh:
                 for line in fh:
@@ -172,9 +173,32 @@ class Store:
                         row = json.loads(line)
                     except ValueError:  # torn line from an interrupted write
                         continue
-                    if isinstance(row, dict) and "key" in row:
-                        self.rows.append(row)
-        self.keys = {r["key"] for r in self.rows}
+                    if isinstance(row, dict) and "key" in row and row["key"] not in self.keys:
+                        self.rows.append(row)  # first finished copy wins
+                        self.keys.add(row["key"])
+        self._lock = None
+
+    def lock(self):
+        """Hold out/.lock for this process: two sweeps must not write one folder."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX
+            return self
+        fh = open(os.path.join(self.out, ".lock"), "a")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise MimfastInputError(
+                f"another sweep is writing to {self.out} (it holds {self.out}/.lock); wait "
+                "for it or pass another --out")
+        self._lock = fh
+        return self
+
+    def unlock(self):
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def __contains__(self, key):
         return key in self.keys
@@ -384,7 +408,15 @@ def decide_data_mode(data, ds, settings):
 def sweep(ds, seeds, out, settings, *, isolate=True, progress=None, runner=None,
           plot_path="scaling.png", log=print):
     """Run (or resume) the sweep; returns (rows, summary).  Rows already in out are kept."""
-    store = Store(out)
+    store = Store(out).lock()
+    try:
+        return _sweep(store, ds, seeds, out, settings, isolate, progress, runner, plot_path,
+                      log)
+    finally:
+        store.unlock()
+
+
+def _sweep(store, ds, seeds, out, settings, isolate, progress, runner, plot_path, log):
     data = decide_data_mode(settings["data"], ds, settings)
     settings = {**settings, "data": data}
     points = [point_config(d, s, settings) for d in ds for s in seeds]

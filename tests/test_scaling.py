@@ -156,3 +156,26 @@ def test_cli_scale_rejects_bad_input():
                        timeout=120)
     assert p.returncode == 2 and "width=5 must be even" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_two_sweeps_cannot_share_a_folder(tmp_path):
+    from mimfast.errors import MimfastInputError
+    held = scaling.Store(str(tmp_path)).lock()
+    try:
+        with pytest.raises(MimfastInputError, match="another sweep"):
+            scaling.sweep([16], [0], str(tmp_path), SETTINGS, isolate=False, progress=False,
+                          log=None)
+    finally:
+        held.unlock()
+    rows, _ = scaling.sweep([16], [0], str(tmp_path), SETTINGS, isolate=False,
+                            progress=False, log=None)
+    assert len(rows) == 1
+
+
+def test_duplicate_rows_in_the_log_count_once(tmp_path):
+    scaling.sweep([16], [0], str(tmp_path), SETTINGS, isolate=False, progress=False, log=None)
+    log = tmp_path / "runs.jsonl"
+    log.write_text(log.read_text() * 2)
+    rows, summary = scaling.sweep([16], [0], str(tmp_path), SETTINGS, isolate=False,
+                                  progress=False, log=None)
+    assert len(rows) == 1 and summary["runs"] == 1
