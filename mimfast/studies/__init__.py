@@ -1,0 +1,186 @@
+"""`python -m mimfast reproduce ...`: the paper's claims as runnable studies.
+
+Each study is a sweep (``mimfast.sweep``) of independent trainings plus an
+analysis that writes tidy data, PNG figures and a Markdown section whose text
+is computed from the data:
+
+* ``t1``        error and per-direction recovery vs the number of stage-1 steps
+* ``samples``   recovery and error vs n/d at several d; one-step baseline
+* ``loss``      which (target, loss) pairs learn; Sigma_l on span(U), estimated vs exact
+* ``baselines`` layerwise vs one-step vs spectral (eigh): error and time vs d
+* ``negative``  staircase and sign3 must not be learned
+* ``all``       every study, then ``OUT/REPORT.md``
+
+Defaults finish on 2 cores in about a quarter of an hour per study; ``--quick``
+is a CI smoke test (about a minute); ``--d``, ``--seeds`` and the per-study
+flags scale up.  ``--workers N`` runs the sweep on a Dask LocalCluster,
+``--scheduler ADDRESS`` on an existing cluster; the records are identical to
+the in-process run (``--threads``, the threads per task, must match).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import time
+
+from .baselines import BaselinesStudy
+from .common import command_line, versions
+from .loss import LossStudy
+from .negative import NegativeStudy
+from .samples import SamplesStudy
+from .t1 import T1Study
+
+STUDIES = {s.name: s for s in (T1Study(), SamplesStudy(), LossStudy(), BaselinesStudy(),
+                               NegativeStudy())}
+ORDER = tuple(STUDIES)
+
+__all__ = ["STUDIES", "ORDER", "register", "reproduce", "write_report"]
+
+
+def _add_common(p):
+    p.add_argument("--out", default="report", help="output folder (default ./report)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes for CI (about a minute); not evidence")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds per configuration (error bars; default per study)")
+    p.add_argument("--width", type=int, default=None, help="neurons (default per study)")
+    p.add_argument("--backend", default="auto", help="auto, numpy, numba, cupy")
+    p.add_argument("--dtype", default="float32", help="float32 or float64")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads per training (default 1; keep it equal across engines "
+                        "for identical records)")
+    eng = p.add_mutually_exclusive_group()
+    eng.add_argument("--workers", type=int, default=None,
+                     help="run the sweep on a Dask LocalCluster of N worker processes "
+                          "(pip install 'mimfast[dask]')")
+    eng.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="run the sweep on an existing Dask cluster, e.g. tcp://host:8786")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                   default=None, help="no progress bar")
+
+
+def register(subparsers):
+    rp = subparsers.add_parser(
+        "reproduce", help="reproduce the paper's claims: sweeps, figures, REPORT.md",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rsub = rp.add_subparsers(dest="study", metavar="STUDY", parser_class=type(rp))
+    for name, study in STUDIES.items():
+        sp = rsub.add_parser(name, help=study.title, description=study.claim)
+        _add_common(sp)
+        study.add_arguments(sp)
+        sp.set_defaults(func=cmd_reproduce, studies=[name])
+    sp = rsub.add_parser("all", help="every study, then OUT/REPORT.md")
+    _add_common(sp)
+    sp.set_defaults(func=cmd_reproduce, studies=list(ORDER))
+    rp.set_defaults(func=lambda args: (rp.print_help(), 2)[1])
+
+
+def _study_args(name, args):
+    """The study's own defaults, overlaid with the flags the user gave."""
+    p = argparse.ArgumentParser(add_help=False)
+    _add_common(p)
+    STUDIES[name].add_arguments(p)
+    ns = p.parse_args([])
+    for k, v in vars(args).items():
+        if k not in ("func", "studies", "study") and (hasattr(ns, k) or k == "command_line"):
+            setattr(ns, k, v)
+    return ns
+
+
+def _check(args):
+    from ..errors import MimfastInputError
+    for name in ("seeds", "width", "threads", "workers"):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise MimfastInputError(f"--{name}={v} must be >= 1")
+
+
+def reproduce(studies, args):
+    """Run the named studies with one engine, then (re)write OUT/REPORT.md."""
+    from ..sweep import dask_client
+    _check(args)
+    os.makedirs(args.out, exist_ok=True)
+    if not getattr(args, "command_line", None):
+        p = argparse.ArgumentParser(add_help=False)
+        _add_common(p)
+        if len(studies) == 1 and getattr(args, "study", None) in STUDIES:
+            STUDIES[studies[0]].add_arguments(p)
+        args.command_line = command_line(args, p)
+    summaries = []
+    t0 = time.perf_counter()
+    with dask_client(args.workers, args.scheduler) as client:
+        for name in studies:
+            sargs = _study_args(name, args)
+            ts = time.perf_counter()
+            summary = STUDIES[name].run(sargs, client=client)
+            summary["wall_s"] = time.perf_counter() - ts
+            with open(os.path.join(args.out, name, "summary.json"), "w") as fh:
+                json.dump(summary, fh, indent=1, default=str)
+            summaries.append(summary)
+            if args.progress is not False:
+                print(f"[{name}] {summary['wall_s']:.0f} s: " + " | ".join(summary["headline"][:2]))
+    path = write_report(args.out, args.command_line, time.perf_counter() - t0)
+    return summaries, path
+
+
+def cmd_reproduce(args):
+    _, path = reproduce(args.studies, args)
+    print(f"wrote {path}")
+    return 0
+
+
+def write_report(out, command, total_s=None):
+    """OUT/REPORT.md from every study section found under OUT (canonical order)."""
+    found = []
+    for name in ORDER:
+        sec = os.path.join(out, name, "section.md")
+        summ = os.path.join(out, name, "summary.json")
+        if os.path.exists(sec) and os.path.exists(summ):
+            with open(summ) as fh:
+                s = json.load(fh)
+            with open(sec) as fh:
+                found.append((name, s, fh.read()))
+    records = []
+    for name, _, _ in found:
+        try:
+            with open(os.path.join(out, name, "records.json")) as fh:
+                records += json.load(fh)
+        except (OSError, ValueError):
+            pass
+    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    lines = ["# mimfast: reproducing *Neural Networks Learn Generic Multi-Index Models Near "
+             "Information-Theoretic Limit*", "",
+             "Zhang, Wang, Fu, Lee (arXiv 2511.15120). Two-layer networks trained layer-wise on "
+             "Gaussian multi-index models y = g(Ux); every number below is computed from the "
+             "runs stored next to this file.", "",
+             f"Generated {now} by `{command}`"
+             + (f" in {total_s / 60:.1f} min." if total_s is not None else "."), ""]
+    if any(s.get("quick") for _, s, _ in found):
+        lines += ["> **Quick mode** (`--quick`): tiny sizes for a smoke test. The numbers "
+                  "below are not evidence for or against the paper.", ""]
+    lines += ["## Summary", ""]
+    for name, s, _ in found:
+        lines.append(f"**{name}** ({s.get('wall_s', s.get('sweep_s', 0)):.0f} s, "
+                     f"{s['runs']} runs{', ' + str(s['failed']) + ' failed' if s['failed'] else ''}):")
+        lines += [f"- {h}" for h in s["headline"]] + [""]
+        if s.get("summary_md"):
+            lines += [s["summary_md"], ""]
+    if not found:
+        lines += ["No study results found.", ""]
+    lines += ["## Versions", ""]
+    v = versions(records)
+    lines += [f"- {k}: {val}" for k, val in v.items()] + [""]
+    lines += ["Per-section commands are given under each section; `--workers N` / "
+              "`--scheduler ADDRESS` give the same records (same `--threads`).", ""]
+    for name, _, text in found:
+        lines += [text, ""]
+    path = os.path.join(out, "REPORT.md")
+    tmp = path + f".tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write("\n".join(lines))
+    os.replace(tmp, path)
+    return path
