@@ -1,7 +1,9 @@
 """The whole two-stage pipeline over d, against the O~(d^2) bound.
 
 n1 = n2 = C d ln d (``common.PIPE_C``), width and T1 fixed (``PIPE_WIDTH``,
-``PIPE_T1``), backend "auto", data "auto" (materialised when it fits).  Work
+``PIPE_T1``), backend "auto", one data mode for the whole grid
+(``PIPE_DATA``: materialised in the quick profile, streamed in the full one,
+whose d = 8192 does not fit in memory).  Work
 is n d m (T1 + 1) = O(d^2 log d), so a flat ``track_time_per_d2logd`` and a
 ``track_fitted_exponent`` near 2 are what "Õ(d^2)" looks like; quality is
 tracked next to speed so a faster-but-wrong change shows up.
@@ -33,7 +35,7 @@ def _train(d, seed=0):
     n = _n(d)
     return train(_task(d, seed), n, n, min(max(n // 4, 4096), 65536),
                  width=common.PIPE_WIDTH, t1=common.PIPE_T1, backend="auto",
-                 seed=seed, threads=common.threads(), progress=False)
+                 seed=seed, threads=common.threads(), progress=False, data=common.PIPE_DATA)
 
 
 def _warm():

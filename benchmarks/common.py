@@ -53,6 +53,9 @@ else:
     PIPE_C = 4.0
 PIPE_WIDTH = 32
 PIPE_T1 = 6
+# one data mode for the whole grid, fixed per profile so history stays comparable:
+# the full profile's d = 8192 cannot be held (C = 4: ~21 GiB), so every d streams
+PIPE_DATA = "materialise" if QUICK else "stream"
 
 
 def threads():

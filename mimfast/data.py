@@ -10,6 +10,12 @@ pass over any source as a row-weighted sum of block results.  Two kinds:
   held whole.  It yields exactly the rows a materialised source of the same
   task/stream would hold (tests/test_streaming.py checks this bit for bit).
 
+Which sources stream is a data mode (``streamed_sources`` / ``mode_name``):
+"materialise", "stream", or "stream:<sources>", e.g. "stream:stage2,test"
+holds the stage-1 rows (read 1 + power_iters + T1 times) and regenerates the
+stage-2 and test rows (read twice each).  ``plan_sources`` is what
+``schedule.plan_memory`` uses for data="auto" when not everything fits.
+
 Labels are small (n values) and are always held whole on the host, so label
 transforms that need batch statistics (centring, the ``even`` loss) see the
 full batch in both kinds.
@@ -95,6 +101,63 @@ def streamed_block_bytes(d, dtype="float32", memory_budget=None, threads=None,
 
 
 # --------------------------------------------------------------------------
+# which sources stream
+# --------------------------------------------------------------------------
+SOURCES = ("stage1", "stage2", "test")
+# what to hold first when not everything fits: stage 1 is read 1 + power_iters + T1
+# times, the test and stage-2 sets twice each (labels, then one pass)
+HOLD_PRIORITY = ("stage1", "test", "stage2")
+
+
+def streamed_sources(mode):
+    """The set of streamed sources for a data mode.
+
+    "materialise" (none), "stream" (all), or "stream:<sources>" naming the
+    streamed ones (comma-separated), e.g. "stream:stage2,test": stage 1 held.
+    """
+    if mode == "materialise":
+        return frozenset()
+    if mode == "stream":
+        return frozenset(SOURCES)
+    if isinstance(mode, str) and mode.startswith("stream:"):
+        names = frozenset(v.strip() for v in mode[len("stream:"):].split(",") if v.strip())
+        if names and names <= set(SOURCES):
+            return names
+    from .errors import MimfastInputError
+    raise MimfastInputError(
+        f"data={mode!r} is unknown; choose one of: auto, materialise, stream, or "
+        "stream:<sources> with sources from stage1, stage2, test (e.g. stream:stage2,test)")
+
+
+def mode_name(streamed):
+    """Inverse of ``streamed_sources``: the canonical name of a set of streamed sources."""
+    streamed = frozenset(streamed)
+    if not streamed:
+        return "materialise"
+    if streamed == frozenset(SOURCES):
+        return "stream"
+    return "stream:" + ",".join(s for s in SOURCES if s in streamed)
+
+
+def plan_sources(sizes, d, dtype, budget, fixed, stream_block):
+    """Streamed sources for data="auto" when not everything fits the budget.
+
+    Holds whole sources in ``HOLD_PRIORITY`` order while they fit next to the
+    fixed arrays and one streamed block; streams the rest.  ``sizes`` maps
+    source name -> rows.
+    """
+    room = budget - fixed - stream_block
+    streamed = set()
+    for name in HOLD_PRIORITY:
+        need = bytes_needed(sizes[name], d, dtype)
+        if need <= room:
+            room -= need
+        else:
+            streamed.add(name)
+    return mode_name(streamed)
+
+
+# --------------------------------------------------------------------------
 # the fast, output-identical sampler
 # --------------------------------------------------------------------------
 _FILL = None          # numba kernel, False when unusable
@@ -105,20 +168,26 @@ def _build_fill():
     import numba
 
     @numba.njit(nogil=True, cache=True)
-    def fill(gen, buf, out, lo, hi):
-        """buf[i, :] <- N(0,1) in numpy's order; out[i - lo, :] <- buf[i, :] for lo <= i < hi."""
+    def fill(gen, buf, out, lo, hi, full):
+        """Draw a chunk's N(0,1) rows in numpy's order; rows lo..hi go to out (rounded).
+
+        full: draw all rows of buf into buf (the labels need them and the rng
+        state after them); else draw only rows 0..hi and write out alone.
+        """
         rows, d = buf.shape
-        for i in range(rows):
+        last = rows if full else hi
+        for i in range(last):
             keep = lo <= i < hi
             for j in range(d):
                 v = gen.standard_normal()
-                buf[i, j] = v
+                if full:
+                    buf[i, j] = v
                 if keep:
                     out[i - lo, j] = v
     return fill
 
 
-def _numpy_fill(gen, buf, out, lo, hi):
+def _numpy_fill(gen, buf, out, lo, hi, full):
     gen.standard_normal(out=buf)
     out[...] = buf[lo:hi]
 
@@ -135,12 +204,15 @@ def _get_fill():
                     buf = np.empty((3, 257))
                     out = np.empty((2, 257), dtype=np.float32)
                     g = np.random.default_rng(seed)
-                    fill(g, buf, out, 1, 3)
+                    fill(g, buf, out, 1, 3, True)
                     tail = g.standard_normal(5)
                     g0 = np.random.default_rng(seed)
                     ref = g0.standard_normal((3, 257))
                     ok = (np.array_equal(buf, ref) and np.array_equal(tail, g0.standard_normal(5))
                           and np.array_equal(out, ref[1:3].astype(np.float32)))
+                    part = np.empty((1, 257), dtype=np.float32)
+                    fill(np.random.default_rng(seed), buf, part, 1, 2, False)
+                    ok = ok and np.array_equal(part, ref[1:2].astype(np.float32))
                     _FILL = fill if ok else False
                 except Exception:  # numba missing, or no Generator support
                     _FILL = False
@@ -156,10 +228,13 @@ def sampler_kind():
 
 
 def sample_rows(task, n, stream="stage1", start=0, dtype="float64", threads=None,
-                out=None):
+                out=None, labels=True):
     """Rows start..start+n of a task stream: exactly ``task.sample(...)``, faster.
 
-    ``out`` (n, d) of ``dtype`` may be given to fill in place.  Returns (X, y).
+    ``out`` (n, d) of ``dtype`` may be given to fill in place.  Returns (X, y);
+    with ``labels=False`` y is None and only X is drawn (a streamed pass whose
+    labels are already known skips the labels' GEMM and the chunk rows after
+    the last one asked for).
     """
     from .errors import check_dtype, check_int
     n = check_int(n, "n", 1)
@@ -170,7 +245,7 @@ def sample_rows(task, n, stream="stage1", start=0, dtype="float64", threads=None
     X = np.empty((n, d), dtype=dt) if out is None else out
     if X.shape != (n, d) or X.dtype != dt or not X.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous ({n}, {d}) {dt}")
-    y = np.empty(n, dtype=dt)
+    y = np.empty(n, dtype=dt) if labels else None
     fill = _get_fill()
     first, last = start // CHUNK_ROWS, (start + n - 1) // CHUNK_ROWS
     local = threading.local()  # one float64 chunk buffer per thread, for this call only
@@ -182,9 +257,10 @@ def sample_rows(task, n, stream="stage1", start=0, dtype="float64", threads=None
         if buf is None:
             buf = local.buf = np.empty((CHUNK_ROWS, d))
         rng = np.random.default_rng(chunk_seed(task.seed, sid, chunk))
-        fill(rng, buf, X[lo - start:hi - start], lo - base, hi - base)
-        yc = task.labels(buf, rng)  # same float64 rows, same rng state: same labels
-        y[lo - start:hi - start] = yc[lo - base:hi - base]
+        fill(rng, buf, X[lo - start:hi - start], lo - base, hi - base, labels)
+        if labels:
+            yc = task.labels(buf, rng)  # same float64 rows, same rng state: same labels
+            y[lo - start:hi - start] = yc[lo - base:hi - base]
 
     chunks = range(first, last + 1)
     workers = min(sampler_threads(threads), len(chunks))
@@ -275,11 +351,11 @@ class TaskSource:
         self.passes = 0  # full passes drawn (streamed: regenerations of X)
 
     # -- drawing rows ------------------------------------------------------
-    def _sample(self, rows, start, out=None):
+    def _sample(self, rows, start, out=None, labels=True):
         be = self._backend
         if _uses_plain_sampler(be):
             X, y = sample_rows(self.task, rows, self.stream, start, self.dtype,
-                               threads=be.threads, out=out)
+                               threads=be.threads, out=out, labels=labels)
             return be.asarray(X), y
         X, y = be.sample(self.task, rows, self.stream, start, self.dtype)
         return X, be.to_numpy(y)
@@ -338,7 +414,7 @@ class TaskSource:
         ys = [] if self._y is None else None
         for lo, hi in self._ranges():
             buf = self._block_buffer(hi - lo, buf)
-            X, yb = self._sample(hi - lo, self.start + lo, out=buf)
+            X, yb = self._sample(hi - lo, self.start + lo, out=buf, labels=ys is not None)
             if ys is not None:
                 ys.append(yb)
             yield lo, X

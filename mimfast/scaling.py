@@ -29,11 +29,15 @@ rss_baseline_bytes`` is what the run itself added).  With ``--in-process``
 empty.  Each point first trains a tiny network with the same settings so
 Numba's JIT compilation is not charged to the smallest d.
 
-Data mode.  ``--data auto`` (default) decides once for the whole sweep: if
-the largest point's data does not fit the memory budget, every point is
-streamed, so the exponent compares like with like (a materialised d = 4096
-next to a streamed d = 8192 would mix two cost models).  ``--data
-auto-point`` lets each point choose; ``stream`` / ``materialise`` force it.
+Data mode.  ``--data auto`` (default) decides once for the whole sweep, from
+the largest point and the memory budget (60% of the memory free at the start,
+or ``--memory-budget``): which of the stage-1 / stage-2 / test sets are held
+and which are streamed (``schedule.plan_memory``: stage 1, read 1 +
+power_iters + T1 times, is held first; the others are read twice).  Every
+point then uses that same mode, so the exponent compares like with like (a
+materialised d = 4096 next to a streamed d = 8192 would mix two cost models).
+``--data auto-point`` lets each point choose; ``stream``, ``materialise`` or
+``stream:<sources>`` force it.
 """
 
 from __future__ import annotations
@@ -355,7 +359,7 @@ def plot(rows, summary, path):
     ax.set_title(f"total / (n d m (T1+1)); spread {summary['cost_per_work_spread']:.2f}x")
     ax.set_ylim(0, max(2.0, float(np.max(cost / cost[0])) * 1.1))
     for t in per_d:
-        ax.annotate(t["data_mode"][:6], (t["d"], t["cost_per_work_ns"] / cost[0]),
+        ax.annotate(_mode_label(t["data_mode"]), (t["d"], t["cost_per_work_ns"] / cost[0]),
                     fontsize=7, textcoords="offset points", xytext=(0, 5))
 
     ax = axes[2]
@@ -372,13 +376,17 @@ def plot(rows, summary, path):
     os.replace(tmp, path)
 
 
+def _mode_label(mode):
+    return {"materialise": "held", "stream": "streamed"}.get(mode, mode.replace("stream:", "str:"))
+
+
 def format_summary(summary):
-    lines = [f"{'d':>6} {'n1':>9} {'T1':>3} {'data':>12} {'total s':>9} {'stage1 s':>9} "
+    lines = [f"{'d':>6} {'n1':>9} {'T1':>3} {'data':>20} {'total s':>9} {'stage1 s':>9} "
              f"{'stage2 s':>9} {'data s':>7} {'ns/work':>8} {'test MSE':>9} {'sin max':>8} "
              f"{'peak RSS':>9}"]
     for t in summary.get("per_d", []):
         rss = f"{t['peak_rss_bytes'] / 2**30:.2f}G" if t["peak_rss_bytes"] else "-"
-        lines.append(f"{t['d']:>6} {t['n1']:>9} {t['t1']:>3} {t['data_mode']:>12} "
+        lines.append(f"{t['d']:>6} {t['n1']:>9} {t['t1']:>3} {t['data_mode']:>20} "
                      f"{t['time_total']:>9.2f} {t['time_stage1']:>9.2f} "
                      f"{t['time_stage2']:>9.2f} {t['time_data']:>7.2f} "
                      f"{t['cost_per_work_ns']:>8.3f} {t['test_rel_mse']:>9.4f} "
@@ -408,7 +416,10 @@ def decide_data_mode(data, ds, settings):
 def sweep(ds, seeds, out, settings, *, isolate=True, progress=None, runner=None,
           plot_path="scaling.png", log=print):
     """Run (or resume) the sweep; returns (rows, summary).  Rows already in out are kept."""
+    from .data import default_memory_budget
     store = Store(out).lock()
+    # one budget for the whole sweep, so every point plans its memory alike
+    settings = {**settings, "memory_budget": default_memory_budget(settings.get("memory_budget"))}
     try:
         return _sweep(store, ds, seeds, out, settings, isolate, progress, runner, plot_path,
                       log)
@@ -482,9 +493,9 @@ def register(subparsers):
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--data", default="auto",
-                   choices=("auto", "auto-point", "stream", "materialise"),
-                   help="auto: one mode for the whole sweep (stream all if the largest d "
-                        "must); auto-point: each point decides")
+                   help="auto: one mode for the whole sweep, planned for the largest d; "
+                        "auto-point: each point decides; materialise; stream; "
+                        "stream:<sources> (e.g. stream:stage2,test)")
     p.add_argument("--memory-budget", type=float, default=None,
                    help="bytes (or GiB if < 1024) the data may use (default 60%% of free)")
     p.add_argument("--out", default="scaling-out", help="output folder (resumable)")
@@ -502,6 +513,9 @@ def cmd_scale(args):
     if not (args.c > 0 and math.isfinite(args.c)):
         raise MimfastInputError(f"--c={args.c} must be a positive number")
     from .backends import resolve_name
+    if args.data not in ("auto", "auto-point"):
+        from .data import streamed_sources
+        streamed_sources(args.data)  # validates
     budget = args.memory_budget
     if budget is not None:
         budget = int(budget * 2 ** 30) if budget < 1024 else int(budget)

@@ -26,7 +26,8 @@ import numpy as np
 from . import metrics
 from .activations import check_activation
 from .backends import get_backend
-from .data import ArraySource, TaskSource, bytes_needed, streamed_block_bytes
+from .data import (ArraySource, TaskSource, bytes_needed, mode_name, plan_sources,
+                   streamed_block_bytes, streamed_sources)
 from .errors import (MimfastInputError, available_memory_bytes, check_choice,
                      check_dtype, check_finite, check_int, human_bytes)
 from .losses import get_loss
@@ -413,8 +414,15 @@ def default_sizes(d, r=2):
 
 def plan_memory(d, n1, n2, n_test, dtype, width, data="auto", memory_budget=None,
                 method="layerwise"):
-    """Decide materialised vs streamed data; raise if even streaming cannot fit."""
-    check_choice(data, ("auto", "materialise", "stream"), "data")
+    """Decide materialised vs streamed data; raise if even streaming cannot fit.
+
+    Returns "materialise", "stream", or "stream:<sources>" (see
+    ``data.streamed_sources``): with data="auto" and too little memory for
+    everything, the sources read most often (stage 1 first) stay held while
+    they fit and the rest stream.
+    """
+    if data != "auto":
+        data = mode_name(streamed_sources(data))  # validates; canonical name
     itemsize = np.dtype(dtype).itemsize
     avail = available_memory_bytes()
     budget = memory_budget if memory_budget is not None else (
@@ -429,7 +437,17 @@ def plan_memory(d, n1, n2, n_test, dtype, width, data="auto", memory_budget=None
             f"d={d}, width={width} needs at least {human_bytes(fixed + stream_block)} "
             f"but the memory budget is {human_bytes(budget)}; pass a smaller d or width")
     if data == "auto":
-        data = "materialise" if budget is None or data_bytes + fixed <= budget else "stream"
+        data = "materialise" if budget is None or data_bytes + fixed <= budget else \
+            plan_sources({"stage1": n1, "stage2": n2, "test": n_test}, d, dtype, budget,
+                         fixed, stream_block)
+    elif data.startswith("stream:") and budget is not None:
+        held = {"stage1": n1, "stage2": n2, "test": n_test}
+        held_bytes = sum(bytes_needed(n, d, dtype) for k, n in held.items()
+                         if k not in streamed_sources(data))
+        if fixed + stream_block + held_bytes > budget:
+            raise MimfastInputError(
+                f"data={data!r} holds {human_bytes(held_bytes)} of data but the memory budget "
+                f"is {human_bytes(budget)}; stream more sources or pass data='stream'")
     if data == "materialise" and budget is not None and data_bytes + fixed > budget:
         raise MimfastInputError(
             f"holding the data (n1+n2+n_test = {n1 + n2 + n_test} rows x d={d}, {dtype}) needs "
@@ -466,15 +484,14 @@ def train(task, n1=None, n2=None, n_test=None, *, width=256, t1="auto", loss="sq
     get_loss(loss, params.get("delta", 1.0))
     if n2 < 4:
         raise MimfastInputError(f"n2={n2} is too small: stage 2 needs at least 4 rows")
-    streamed = mode == "stream"
+    streamed = streamed_sources(mode)
     timings = {}
     with _timer(timings, "data"):
-        kw = dict(streamed=streamed, memory_budget=memory_budget)
-        s1 = TaskSource(task, "stage1", n1, dt, be, **kw)
-        s2 = TaskSource(task, "stage2", n2, dt, be, **kw)
-        st = TaskSource(task, "test", n_test, dt, be, **kw)
-        if not streamed:  # generate now so data time is not charged to the stages
-            for s in (s1, s2, st):
+        s1, s2, st = (TaskSource(task, name, n, dt, be, streamed=name in streamed,
+                                 memory_budget=memory_budget)
+                      for name, n in (("stage1", n1), ("stage2", n2), ("test", n_test)))
+        for s in (s1, s2, st):  # generate held data now: its time is not charged to the stages
+            if not s.streamed:
                 next(s.blocks())
     y_test = np.asarray(st.labels(), dtype=np.float64)
 

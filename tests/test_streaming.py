@@ -107,8 +107,10 @@ def test_plan_memory_uses_the_real_streamed_block():
     n = int(8 * d * np.log(d))
     need = streamed_block_bytes(d, np.float32, 2 ** 30, width=width)
     fixed = 8 * d * width * 4
-    # 8 d ln d rows at d = 8192 do not fit 20 GiB materialised, but stream
-    assert plan_memory(d, n, n, 65536, np.float32, width, "auto", 20 * 2 ** 30) == "stream"
+    # 8 d ln d rows at d = 8192 (19 GB per stage) do not fit 12 GiB: both stages stream,
+    # the 65536-row test set (2 GiB) is held
+    assert plan_memory(d, n, n, 65536, np.float32, width, "auto",
+                       12 * 2 ** 30) == "stream:stage1,stage2"
     # a budget that holds one real streamed block is enough ...
     budget = fixed + streamed_block_bytes(d, np.float32, 2 ** 30, width=width) + 2 ** 20
     assert plan_memory(d, n, n, 65536, np.float32, width, "stream", budget) == "stream"
@@ -131,3 +133,46 @@ def test_train_streamed_equals_materialised():
     assert st["t1"] == mat["t1"]
     np.testing.assert_allclose(st["sin_theta"], mat["sin_theta"], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(st["test_rel_mse"], mat["test_rel_mse"], rtol=1e-6)
+
+
+def test_rows_without_labels_are_the_same_rows():
+    t = MultiIndexTask(d=10, r=2, noise=0.2, seed=9)
+    for n, start in [(700, 100), (2 * CHUNK_ROWS + 3, 5)]:
+        X, y = sample_rows(t, n, "stage1", start, "float32", labels=False)
+        assert y is None
+        np.testing.assert_array_equal(X, t.sample(n, "stage1", start, "float32")[0])
+
+
+def test_data_mode_names_round_trip():
+    assert data.streamed_sources("materialise") == frozenset()
+    assert data.streamed_sources("stream") == frozenset(data.SOURCES)
+    assert data.streamed_sources("stream:test, stage2") == {"stage2", "test"}
+    assert data.mode_name({"test", "stage2"}) == "stream:stage2,test"
+    assert data.mode_name(data.SOURCES) == "stream"
+    for bad in ("stream:", "stream:stage9", "fast", None):
+        with pytest.raises(MimfastInputError, match="unknown"):
+            data.streamed_sources(bad)
+
+
+def test_auto_holds_stage1_and_streams_the_rest_when_only_it_fits():
+    d, width, n = 8192, 32, int(4 * 8192 * np.log(8192))
+    held1 = n * d * 4
+    budget = held1 + 8 * d * width * 4 + streamed_block_bytes(d, np.float32, 12 * 2 ** 30,
+                                                              width=width) + 2 ** 20
+    mode = plan_memory(d, n, n, 65536, np.float32, width, "auto", budget)
+    assert mode == "stream:stage2,test"
+    # nothing held fits: everything streams; it all fits: nothing streams
+    assert plan_memory(d, n, n, 65536, np.float32, width, "auto", 2 ** 30) == "stream"
+    assert plan_memory(64, 1000, 1000, 100, np.float32, 8, "auto", 2 ** 30) == "materialise"
+    with pytest.raises(MimfastInputError, match="holds"):
+        plan_memory(d, n, n, 65536, np.float32, width, "stream:test", budget)
+
+
+def test_train_mixed_mode_equals_materialised():
+    t = MultiIndexTask(d=20, r=2, link="he2", seed=6)
+    kw = dict(width=8, t1=2, backend="numpy", dtype="float64", seed=2, progress=False)
+    mat = train(t, 2500, 2500, 1200, data="materialise", **kw)
+    mix = train(t, 2500, 2500, 1200, data="stream:stage2,test", **kw)
+    assert mix["data_mode"] == "stream:stage2,test"
+    np.testing.assert_allclose(mix["sin_theta"], mat["sin_theta"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(mix["test_rel_mse"], mat["test_rel_mse"], rtol=1e-6)
