@@ -71,7 +71,7 @@ class LossStudy(Study):
                            delta=args.delta, extras=[SIGMA_EXTRA],
                            n_test=args.n_test or (2048 if args.quick else 8192))
         # loss innermost: the four losses share the rows of (d, target, seed)
-        return grid(base, d=ds, target=targets, seed=seeds_of(args, 2),
+        return grid(base, d=ds, target=targets, seed=seeds_of(args, 3),
                     loss=[LOSS_SPECS.get(lo, lo) for lo in losses])
 
     def analyse(self, records, args, outdir):

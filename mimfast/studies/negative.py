@@ -154,7 +154,8 @@ class NegativeStudy(Study):
                 for lo in losses:
                     c = summary["cells"].get(f"{t}/{lo}/{q:g}")
                     if c:
-                        labels.append(f"{t}\n{lo}")
+                        name = "control" if t == args.control else t
+                        labels.append(f"{name}\n{lo}" + ("\n(Σ̂=0)" if c.get("refused") else ""))
                         ens.append(c["energy_per_direction"] + [0] * (3 - len(
                             c["energy_per_direction"])))
                         errs.append(c["err"])
@@ -165,7 +166,8 @@ class NegativeStudy(Study):
                 ax.bar(x + (k - 1) * 0.27, ens[:, k], width=0.27, label=f"u_{k + 1}")
             ax.set_xticks(x, labels, fontsize=6)
             ax.set_ylabel("mean neuron energy along u_k")
-            ax.set_title(f"stage-1 neurons, d={d}, n/(d ln d)={q:g}")
+            ax.set_title(f"stage-1 neurons, d={d}, n/(d ln d)={q:g} (control = {args.control})",
+                         fontsize=9)
             ax.legend(fontsize=7)
             ax = axes[0][1]
             ax.bar(x, errs, color="tab:red")

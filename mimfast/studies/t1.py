@@ -40,7 +40,7 @@ class T1Study(Study):
         # automatic default auto_t1(d) is always in the grid so the table can judge it
         cfgs = []
         for d in ds:
-            cfgs += grid(base, d=d, seed=seeds_of(args, 2),
+            cfgs += grid(base, d=d, seed=seeds_of(args, 3),
                          t1=sorted(set(t1s) | {auto_t1(d)}))
         return cfgs
 
