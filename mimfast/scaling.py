@@ -369,6 +369,11 @@ def plot(rows, summary, path):
     ax.set_ylim(bottom=0)
     ax.set_title("quality vs d")
     ax.legend(fontsize=8)
+    from matplotlib.ticker import NullFormatter
+    for ax in axes:  # label the grid's own d values, no crowded minor labels
+        ax.set_xticks(ds)
+        ax.set_xticklabels([str(int(v)) for v in ds], fontsize=8)
+        ax.xaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
@@ -427,8 +432,23 @@ def sweep(ds, seeds, out, settings, *, isolate=True, progress=None, runner=None,
         store.unlock()
 
 
+def _key_without_data(key):
+    return "|".join(p for p in key.split("|") if not p.startswith("data="))
+
+
 def _sweep(store, ds, seeds, out, settings, isolate, progress, runner, plot_path, log):
-    data = decide_data_mode(settings["data"], ds, settings)
+    data = None
+    if settings["data"] == "auto":
+        # resuming: keep the mode the finished rows were planned with, even if the
+        # memory free now would plan another (the mode changes timings, not results)
+        probe = {_key_without_data(point_key(point_config(d, s, {**settings, "data": "-"})))
+                 for d in ds for s in seeds}
+        for row in store.rows:
+            if _key_without_data(row["key"]) in probe:
+                data = dict(p.split("=", 1) for p in row["key"].split("|"))["data"]
+                break
+    if data is None:
+        data = decide_data_mode(settings["data"], ds, settings)
     settings = {**settings, "data": data}
     points = [point_config(d, s, settings) for d in ds for s in seeds]
     todo = [p for p in points if point_key(p) not in store]

@@ -181,3 +181,16 @@ def test_duplicate_rows_in_the_log_count_once(tmp_path):
     rows, summary = scaling.sweep([16], [0], str(tmp_path), SETTINGS, isolate=False,
                                   progress=False, log=None)
     assert len(rows) == 1 and summary["runs"] == 1
+
+
+def test_resume_keeps_the_planned_data_mode(tmp_path, monkeypatch):
+    scaling.sweep([16, 24], [0], str(tmp_path), SETTINGS, isolate=False, progress=False,
+                  log=None)
+    # less memory free now would plan streaming; the finished rows keep their mode
+    monkeypatch.setattr(scaling, "decide_data_mode", lambda *a: "stream")
+    seen = []
+    rows, _ = scaling.sweep([16, 24, 32], [0], str(tmp_path), SETTINGS,
+                            runner=lambda c: seen.append(c["data"]) or
+                            scaling.run_point(c, warm=False), progress=False, log=None)
+    assert seen == ["materialise"] and len(rows) == 3
+    assert {r["data_mode"] for r in rows} == {"materialise"}
