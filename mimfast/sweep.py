@@ -3,7 +3,7 @@
 A *run configuration* is a plain dict (JSON-serialisable, so it travels to a
 Dask worker as is) naming one training: the task (``d``, ``r``, ``target``,
 ``noise``, ``seed``), the sample sizes (``n1`` or ``n_over_d`` or
-``n_over_dlogd``; ``n2``, ``n_test``), the network and schedule (``width``,
+``n_over_dlogd``; ``n2`` defaults to ``n1``; ``n_test``), the network and schedule (``width``,
 ``t1``, ``loss``, ``delta``, ``method``, ``activation``), the engine
 (``backend``, ``dtype``) and optional ``extras`` (extra measurements, see
 below).  ``method`` is ``"layerwise"``, ``"one_step"`` (layerwise with T1 = 1,
@@ -124,6 +124,10 @@ def normalise_config(cfg):
     elif c["n_over_dlogd"] is not None:
         c["n1"] = int(round(float(c["n_over_dlogd"]) * d * math.log(max(d, 2))))
     c["n_over_d"] = c["n_over_dlogd"] = None  # resolved into n1 (idempotent, one key per run)
+    if c["n1"] is not None:
+        c["n1"] = int(c["n1"])
+        if c["n2"] is None:  # a sweep over n scales both stages (train's default is C d ln d)
+            c["n2"] = c["n1"]
     if c["method"] not in METHOD_VARIANTS:
         raise MimfastInputError(
             f"method={c['method']!r} is unknown; choose one of: {', '.join(METHOD_VARIANTS)}")
@@ -146,8 +150,10 @@ class DataCache:
     """LRU cache of task-stream rows, bounded in bytes.
 
     Keyed by everything that determines the rows (task d, r, target, noise,
-    seed, stream, start, n, dtype), so a hit returns the very rows a fresh
-    draw would give.  Callers get copies: the cache is never aliased.
+    seed, stream, dtype) and the row range, so a hit returns the very rows a
+    fresh draw would give.  A request for rows inside a cached range is served
+    from it (stage 2 splits its rows into fit / validation parts after drawing
+    them whole).  Callers get copies: the cache is never aliased.
     """
 
     def __init__(self, max_bytes=None):
@@ -169,17 +175,26 @@ class DataCache:
         if link is None:
             return None  # user callables: do not cache (no stable identity)
         return (task.d, task.r, link, float(task.noise), int(task.seed), str(stream),
-                int(start), int(n), np.dtype(dtype).name)
+                np.dtype(dtype).name, int(start), int(n))
 
     def get(self, key):
+        """(X, y) for the key's rows, or None; slices of a cached superset count."""
         with self._lock:
             item = self._items.get(key)
-            if item is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return item
+            if item is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return item
+            head, start, n = key[:-2], key[-2], key[-1]
+            for k, (X, y) in reversed(self._items.items()):
+                s0, n0 = k[-2], k[-1]
+                if k[:-2] == head and s0 <= start and start + n <= s0 + n0:
+                    self._items.move_to_end(k)
+                    self.hits += 1
+                    lo = start - s0
+                    return X[lo:lo + n], y[lo:lo + n]
+            self.misses += 1
+            return None
 
     def put(self, key, X, y):
         size = X.nbytes + y.nbytes

@@ -44,6 +44,31 @@ def test_normalise_resolves_sizes_and_is_idempotent():
         normalise_config({"d": 10, "n1": 5, "n_over_d": 2})
 
 
+def test_n2_follows_n1_unless_given():
+    assert normalise_config({"d": 50, "n1": 700})["n2"] == 700
+    assert normalise_config({"d": 50, "n_over_d": 2})["n2"] == 100
+    assert normalise_config({"d": 50, "n1": 700, "n2": 90})["n2"] == 90
+    assert normalise_config({"d": 50})["n2"] is None  # train's default C d ln d
+
+
+def test_cache_serves_exact_rows_and_subranges():
+    import numpy as np
+    from mimfast.tasks import MultiIndexTask
+    cache = sweep.DataCache(max_bytes=2 ** 26)
+    be = sweep.caching_backend("numpy", 1, cache)
+    task = MultiIndexTask(d=16, r=2, link="he2", seed=9)
+    X, y = be.sample(task, 3000, "stage2", 0, "float32")
+    Xs, ys = be.sample(task, 1000, "stage2", 1500, "float32")      # inside: a hit
+    assert cache.hits == 1 and cache.misses == 1
+    Xr, yr = task.sample(1000, "stage2", start=1500, dtype="float32")
+    np.testing.assert_array_equal(Xs, Xr)
+    np.testing.assert_array_equal(ys, yr)
+    Xs[:] = 0                                                        # callers get copies
+    np.testing.assert_array_equal(be.sample(task, 1000, "stage2", 1500, "float32")[0], Xr)
+    be.sample(task, 10, "stage1", 0, "float32")                      # other stream: a miss
+    assert cache.misses == 2
+
+
 def test_flatten_nested_and_lists():
     flat = flatten({"a": 1, "t": {"x": 2.0, "y": {"z": 3}}, "s": [0.5, 0.25],
                     "history": [{"step": 0}], "h": [{"k": 1}]})
