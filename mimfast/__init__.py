@@ -9,6 +9,12 @@ import os as _os
 
 __version__ = "0.1.0"
 
+# Numba's OpenMP layer busy-waits between parallel regions by default, which
+# starves OpenBLAS threads (a 256x256 eigh went from 20 ms to 2 s after a kernel
+# call).  Passive waiting costs nothing measurable in the kernels.  Set before
+# libgomp loads; an explicit user setting wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # In an installed wheel the top-level ``kernels/`` folder lives at
 # ``mimfast/kernels``.  When mimfast is imported straight from a source checkout
 # (e.g. `python -m mimfast` run from the repository root after a non-editable

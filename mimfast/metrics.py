@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 
+def serial_blas(fn):
+    """Run small host-side linear algebra on one BLAS thread.
+
+    Matrices here are at most m x m or d x r: threads do not help them, and right
+    after a Numba parallel region they contend with its worker threads.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with threadpool_limits(1, user_api="blas"):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@serial_blas
 def top_left_singular(W, k):
     """Top-k left singular vectors of W (d, m) via the m x m Gram (cheap for m << d)."""
     W = np.asarray(W, dtype=np.float64)
@@ -21,6 +38,7 @@ def top_left_singular(W, k):
     return u[:, :k]
 
 
+@serial_blas
 def principal_sines(U, Q):
     """Sines of the principal angles between span(U^T) (U is r x d) and span(Q) (d x k).
 
@@ -39,6 +57,7 @@ def subspace_sines(U, W):
     return principal_sines(U, top_left_singular(W, np.asarray(U).shape[0]))
 
 
+@serial_blas
 def energy_in_subspace(U, W):
     """Mean over neurons of ||P_U w_j||^2 / ||w_j||^2."""
     W = np.asarray(W, dtype=np.float64)
@@ -48,6 +67,7 @@ def energy_in_subspace(U, W):
     return float(np.mean(np.sum(proj * proj, axis=0) / norms))
 
 
+@serial_blas
 def energy_per_direction(U, W):
     """For each row u_k of U: mean over neurons of (u_k . w_j)^2 / ||w_j||^2.
 

@@ -359,7 +359,7 @@ class LayerwiseRegressor:
         grid = np.atleast_1d(np.asarray(self.ridge, dtype=np.float64))
         # below ~10 eps the penalty is under the round-off of a Gram accumulated in dtype
         grid = np.unique(np.maximum(grid, 10 * np.finfo(dt).eps))
-        s, V = np.linalg.eigh(A_fit)
+        s, V = metrics.serial_blas(np.linalg.eigh)(A_fit)
         proj = V.T @ v_fit
         best = (math.inf, None)
         self.ridge_path_ = []
