@@ -10,21 +10,29 @@ Design
   on the small ``H`` block, and (stage 1) ``G += X_blk^T P`` (kernel "B")
   while the block is still in cache.  Stage 2 accumulates ``F^T F`` and
   ``F^T y`` the same way, never materialising ``F`` for more than one block.
-* **Per-thread accumulators.**  The parallel drivers ``prange`` over the
+* **Per-thread accumulators.**  The parallel driver ``prange`` s over the
   threads (stumpy style): iteration ``t`` owns rows ``[t n/T, (t+1) n/T)`` and
-  its own slice of every accumulator; a serial loop reduces the slices.  Every
-  kernel source is compiled twice (umap style): a parallel driver (default)
-  and a serial one (``parallel=False``), both calling the same chunk routine.
+  its own slice of every accumulator (no shared slot is ever updated); a
+  serial reduce follows.  One kernel source, two variants (umap style): the
+  chunk routines run under that parallel driver (default) or directly, on all
+  rows, as the serial variant (``parallel=False``).
 * **Accuracy.**  Block partials are summed in the working dtype over at most
   ``_FLUSH_ROWS`` rows, then folded into a float64 per-thread accumulator.
-* **Two paths for the matrix products.**
-  ``"loops"`` (default for small/moderate width): hand-blocked micro-kernels
-  written with a tiny explicit-SIMD layer (512-bit vectors, see below): a
-  12-row x 32-column (float32; 16 for float64) register tile in broadcast form,
-  W and G stored as contiguous column panels.  ``"gemm"`` (default for large
-  width): per-block ``np.dot`` inside the ``prange``, i.e. single-threaded BLAS
-  sgemm/dgemm on a cache-resident row block.  BLAS must then run one thread
-  per caller thread; the Python wrappers scope that with threadpoolctl.
+* **Two paths for the matrix products** (``path=None`` picks by width,
+  ``choose_path``; override with ``path="loops"`` / ``"gemm"``).
+  ``"loops"`` (default below ``GEMM_MIN_WIDTH`` = 256 columns): hand-blocked
+  micro-kernels written with a tiny explicit-SIMD layer (512-bit vectors, see
+  below): a 12-row x 32-column (float32; 16 for float64) register tile in
+  broadcast form, W and G stored as contiguous column panels; for narrow
+  widths (m <= 8 float32, m <= 4 float64) a variant that puts two consecutive
+  k in one vector, so that no lane is idle.  ``"gemm"`` (default from 256
+  columns): per-block ``np.dot`` inside the ``prange``, i.e. single-threaded
+  BLAS sgemm/dgemm on a cache-resident row block.  BLAS must then run one
+  thread per caller thread: the wrappers scope that themselves with
+  threadpoolctl (``blas_threads``), around the call only.
+* **Threads.**  Numba's current thread count (``numba.set_num_threads``),
+  fewer for small problems (< ~4M multiply-adds per thread); one chunk runs
+  the serial variant (``parallel=False`` forces it).
 * **Explicit SIMD.**  LLVM's auto-vectoriser targets 256-bit vectors on this
   CPU family (prefer-256-bit tuning), which halves the FMA rate of AVX-512
   parts.  A handful of ``@intrinsic`` s (``vload``/``vstore``/``vsplat``/
@@ -35,8 +43,9 @@ Design
 * **Transcendentals.**  Numba has no vector math library here (``np.tanh`` is a
   scalar libm call, ~20 ns), so ``tanh`` and ``log cosh`` are computed together
   from one branch-free ``expm1`` (Cody-Waite reduction, minimax polynomial,
-  exponent built by bit casting) plus minimax polynomials: they vectorise and
-  are accurate to a few ulp (float32) / ~1e-16 relative (float64).
+  exponent built by bit casting) plus minimax polynomials, evaluated in
+  float64 (float32-length polynomials for float32 data): they vectorise and
+  are accurate to <= 1 ulp (float32) / ~1e-15 relative (float64).
 """
 
 from __future__ import annotations
@@ -203,6 +212,26 @@ def vadd(typingctx, a, b):
     def codegen(context, builder, sig, args):
         return builder.fadd(args[0], args[1])
     return a(a, b), codegen
+
+
+@intrinsic
+def vsplat2(typingctx, A, i, j):
+    """(A[i, j], A[i, j+1]) repeated over all lanes (one 64-bit broadcast)."""
+    if not (isinstance(A, types.Array) and A.ndim == 2 and A.layout == "C"
+            and isinstance(A.dtype, types.Float)):
+        return None
+    vt = _vec_of(A.dtype)
+
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr2(context, builder, sig.args[0], args[0],
+                       _as_intp(context, builder, args[1], sig.args[1]),
+                       _as_intp(context, builder, args[2], sig.args[2]))
+        et = context.get_value_type(A.dtype)
+        pair = builder.load(builder.bitcast(p, ir.VectorType(et, 2).as_pointer()),
+                            align=A.dtype.bitwidth // 8)
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), [0, 1] * (vt.lanes // 2))
+        return builder.shuffle_vector(pair, ir.Constant(pair.type, ir.Undefined), mask)
+    return vt(A, i, j), codegen
 
 
 @intrinsic
@@ -461,6 +490,10 @@ def fast_logcosh(x):
 # Broadcast form: accumulators are 512-bit registers over columns; each X
 # element is broadcast once and feeds 1-2 FMAs; 24 accumulators (x2) fit the
 # 32 AVX-512 registers with room for operands.
+# Narrow widths (m <= L/2, e.g. m <= 8 in float32) would leave half of every
+# vector idle; the "s2" kernels put 2 consecutive k in one vector instead
+# (lane 2j+t <-> column j, k parity t; X pairs loaded with one 64-bit
+# broadcast), so every lane does useful work.
 # ==========================================================================
 @njit(**_JIT)
 def _kA_12x2(X, i0, W, q, H, hr0):
@@ -632,6 +665,124 @@ def _kB_12x1(X, i0, P, pr0, G, q, k0):
         x = vsplat(X[i0 + 10, k]); g0_1 = vfma(x, p10_0, g0_1)
         x = vsplat(X[i0 + 11, k]); g0_1 = vfma(x, p11_0, g0_1)
         vstore(G, kq + k, 0 * L, vadd(g0_0, g0_1))
+
+
+@njit(**_JIT)
+def _kA_12s2(X, i0, W2, H, hr0):
+    """Narrow widths (m <= L/2), 2 consecutive k per vector: lane 2j+t of the
+    accumulator of row r sums X[r, 2kp+t] W[2kp+t, j]; W2 is W in that layout
+    (d//2 rows, then one single-parity row per leftover k).  Stores the raw
+    accumulators H[hr0+r, :L] (the parity sum is taken by the caller)."""
+    d = X.shape[1]
+    nkp = d // 2
+    z = vzeros(W2)
+    a0 = z
+    a1 = z
+    a2 = z
+    a3 = z
+    a4 = z
+    a5 = z
+    a6 = z
+    a7 = z
+    a8 = z
+    a9 = z
+    a10 = z
+    a11 = z
+    for kp in range(nkp):
+        w = vload(W2, kp, 0)
+        k = 2 * kp
+        a0 = vfma(vsplat2(X, i0 + 0, k), w, a0)
+        a1 = vfma(vsplat2(X, i0 + 1, k), w, a1)
+        a2 = vfma(vsplat2(X, i0 + 2, k), w, a2)
+        a3 = vfma(vsplat2(X, i0 + 3, k), w, a3)
+        a4 = vfma(vsplat2(X, i0 + 4, k), w, a4)
+        a5 = vfma(vsplat2(X, i0 + 5, k), w, a5)
+        a6 = vfma(vsplat2(X, i0 + 6, k), w, a6)
+        a7 = vfma(vsplat2(X, i0 + 7, k), w, a7)
+        a8 = vfma(vsplat2(X, i0 + 8, k), w, a8)
+        a9 = vfma(vsplat2(X, i0 + 9, k), w, a9)
+        a10 = vfma(vsplat2(X, i0 + 10, k), w, a10)
+        a11 = vfma(vsplat2(X, i0 + 11, k), w, a11)
+    for u in range(d - 2 * nkp):
+        w = vload(W2, nkp + u, 0)
+        k = 2 * nkp + u
+        a0 = vfma(vsplat(X[i0 + 0, k]), w, a0)
+        a1 = vfma(vsplat(X[i0 + 1, k]), w, a1)
+        a2 = vfma(vsplat(X[i0 + 2, k]), w, a2)
+        a3 = vfma(vsplat(X[i0 + 3, k]), w, a3)
+        a4 = vfma(vsplat(X[i0 + 4, k]), w, a4)
+        a5 = vfma(vsplat(X[i0 + 5, k]), w, a5)
+        a6 = vfma(vsplat(X[i0 + 6, k]), w, a6)
+        a7 = vfma(vsplat(X[i0 + 7, k]), w, a7)
+        a8 = vfma(vsplat(X[i0 + 8, k]), w, a8)
+        a9 = vfma(vsplat(X[i0 + 9, k]), w, a9)
+        a10 = vfma(vsplat(X[i0 + 10, k]), w, a10)
+        a11 = vfma(vsplat(X[i0 + 11, k]), w, a11)
+    vstore(H, hr0 + 0, 0, a0)
+    vstore(H, hr0 + 1, 0, a1)
+    vstore(H, hr0 + 2, 0, a2)
+    vstore(H, hr0 + 3, 0, a3)
+    vstore(H, hr0 + 4, 0, a4)
+    vstore(H, hr0 + 5, 0, a5)
+    vstore(H, hr0 + 6, 0, a6)
+    vstore(H, hr0 + 7, 0, a7)
+    vstore(H, hr0 + 8, 0, a8)
+    vstore(H, hr0 + 9, 0, a9)
+    vstore(H, hr0 + 10, 0, a10)
+    vstore(H, hr0 + 11, 0, a11)
+
+
+@njit(**_JIT)
+def _kB_12s2(X, i0, P, pr0, G2):
+    """G2[kp, 2j+t] += sum_r X[i0+r, 2kp+t] P[r, j]: the narrow-width kB, 2 k per
+    vector (P holds each P[r, j] repeated 2 times: lanes 2j..2j+1)."""
+    d = X.shape[1]
+    nkp = d // 2
+    z = vzeros(G2)
+    p0 = vload(P, pr0 + 0, 0)
+    p1 = vload(P, pr0 + 1, 0)
+    p2 = vload(P, pr0 + 2, 0)
+    p3 = vload(P, pr0 + 3, 0)
+    p4 = vload(P, pr0 + 4, 0)
+    p5 = vload(P, pr0 + 5, 0)
+    p6 = vload(P, pr0 + 6, 0)
+    p7 = vload(P, pr0 + 7, 0)
+    p8 = vload(P, pr0 + 8, 0)
+    p9 = vload(P, pr0 + 9, 0)
+    p10 = vload(P, pr0 + 10, 0)
+    p11 = vload(P, pr0 + 11, 0)
+    for kp in range(nkp):
+        k = 2 * kp
+        g0 = vload(G2, kp, 0); g1 = z
+        g0 = vfma(vsplat2(X, i0 + 0, k), p0, g0)
+        g0 = vfma(vsplat2(X, i0 + 1, k), p1, g0)
+        g0 = vfma(vsplat2(X, i0 + 2, k), p2, g0)
+        g0 = vfma(vsplat2(X, i0 + 3, k), p3, g0)
+        g0 = vfma(vsplat2(X, i0 + 4, k), p4, g0)
+        g0 = vfma(vsplat2(X, i0 + 5, k), p5, g0)
+        g1 = vfma(vsplat2(X, i0 + 6, k), p6, g1)
+        g1 = vfma(vsplat2(X, i0 + 7, k), p7, g1)
+        g1 = vfma(vsplat2(X, i0 + 8, k), p8, g1)
+        g1 = vfma(vsplat2(X, i0 + 9, k), p9, g1)
+        g1 = vfma(vsplat2(X, i0 + 10, k), p10, g1)
+        g1 = vfma(vsplat2(X, i0 + 11, k), p11, g1)
+        vstore(G2, kp, 0, vadd(g0, g1))
+    for u in range(d - 2 * nkp):
+        k = 2 * nkp + u
+        g0 = vload(G2, nkp + u, 0); g1 = z
+        g0 = vfma(vsplat(X[i0 + 0, k]), p0, g0)
+        g0 = vfma(vsplat(X[i0 + 1, k]), p1, g0)
+        g0 = vfma(vsplat(X[i0 + 2, k]), p2, g0)
+        g0 = vfma(vsplat(X[i0 + 3, k]), p3, g0)
+        g0 = vfma(vsplat(X[i0 + 4, k]), p4, g0)
+        g0 = vfma(vsplat(X[i0 + 5, k]), p5, g0)
+        g1 = vfma(vsplat(X[i0 + 6, k]), p6, g1)
+        g1 = vfma(vsplat(X[i0 + 7, k]), p7, g1)
+        g1 = vfma(vsplat(X[i0 + 8, k]), p8, g1)
+        g1 = vfma(vsplat(X[i0 + 9, k]), p9, g1)
+        g1 = vfma(vsplat(X[i0 + 10, k]), p10, g1)
+        g1 = vfma(vsplat(X[i0 + 11, k]), p11, g1)
+        vstore(G2, nkp + u, 0, vadd(g0, g1))
 
 
 # ==========================================================================
@@ -806,6 +957,40 @@ def _pass_B(X, Xt, sb0, ng, rem, P, Gp, last1, diag):
 
 
 @njit(**_JIT)
+def _pass_A_s2(X, Xt, sb0, ng, rem, W2, H):
+    """Narrow widths: H[:, j] = X[sb0:...] @ W[:, j] for j < L/2 (the parity
+    lanes of the s2 kernel summed into the first L/2 columns)."""
+    R = _ROWS
+    ntile = ng + (1 if rem > 0 else 0)
+    for g in range(ntile):
+        src = X if g < ng else Xt
+        i0 = sb0 + g * R if g < ng else 0
+        _kA_12s2(src, i0, W2, H, g * R)
+    c = H.shape[1] // 2
+    for r in range(ntile * R):
+        for j in range(c):
+            H[r, j] = H[r, 2 * j] + H[r, 2 * j + 1]
+
+
+@njit(**_JIT)
+def _pass_B_s2(X, Xt, sb0, ng, rem, P, G2):
+    """Narrow widths: G2 += X[sb0:...]^T @ P in the s2 layout; P (first L/2
+    columns) is first spread to lanes 2j, 2j+1 in place."""
+    R = _ROWS
+    ntile = ng + (1 if rem > 0 else 0)
+    c = P.shape[1] // 2
+    for r in range(ntile * R):
+        for j in range(c - 1, -1, -1):
+            v = P[r, j]
+            P[r, 2 * j + 1] = v
+            P[r, 2 * j] = v
+    for g in range(ntile):
+        src = X if g < ng else Xt
+        i0 = sb0 + g * R if g < ng else 0
+        _kB_12s2(src, i0, P, g * R, G2)
+
+
+@njit(**_JIT)
 def _load_tail(X, Xt, row0, rem):
     for r in range(rem):
         for k in range(X.shape[1]):
@@ -816,17 +1001,27 @@ def _load_tail(X, Xt, row0, rem):
 
 
 @njit(**_JIT)
-def _s1_loops_chunk(X, y, Wp, a, b, m, act, kind, delta, offset, r0, r1, SB, Gacc):
+def _loops_layout(d, Wk, ks):
+    """(npan, NB, mcols, L) of the packed weights: ``ks`` = 2 for the narrow
+    s2 layout (one (d//2 + d%2, L) block), else column panels (npan*d, NB)."""
+    L = vlanes(Wk)
+    NB = Wk.shape[1]
+    if ks == 2:
+        return 1, NB, NB, L
+    npan = Wk.shape[0] // d
+    return npan, NB, npan * NB, L
+
+
+@njit(**_JIT)
+def _s1_loops_chunk(X, y, Wp, a, b, m, act, kind, delta, offset, r0, r1, SB, Gacc, ks):
     R = _ROWS
     d = X.shape[1]
-    NB = Wp.shape[1]
-    L = vlanes(Wp)
-    npan = Wp.shape[0] // d
-    mcols = npan * NB
+    npan, NB, mcols, L = _loops_layout(d, Wp, ks)
     last1 = m - (npan - 1) * NB <= L
+    hcols = L // 2 if ks == 2 else mcols      # columns the elementwise stage sees
     H = np.empty((SB, mcols), X.dtype)
     Xt = np.zeros((R, d), X.dtype)
-    Gp = np.zeros(Wp.shape, X.dtype)
+    Gp = np.zeros(Gacc.shape, X.dtype)
     S = np.empty(m, X.dtype)
     lsum = 0.0
     since = 0
@@ -837,9 +1032,15 @@ def _s1_loops_chunk(X, y, Wp, a, b, m, act, kind, delta, offset, r0, r1, SB, Gac
         nrp = ng * R + (R if rem > 0 else 0)
         if rem > 0:
             _load_tail(X, Xt, sb0 + ng * R, rem)
-        _pass_A(X, Xt, sb0, ng, rem, Wp, H, last1)
-        lsum += _s1_rows(H, nr, nrp, mcols, y, sb0, a, b, m, act, kind, delta, offset, S)
-        _pass_B(X, Xt, sb0, ng, rem, H, Gp, last1, False)
+        if ks == 2:
+            _pass_A_s2(X, Xt, sb0, ng, rem, Wp, H)
+        else:
+            _pass_A(X, Xt, sb0, ng, rem, Wp, H, last1)
+        lsum += _s1_rows(H, nr, nrp, hcols, y, sb0, a, b, m, act, kind, delta, offset, S)
+        if ks == 2:
+            _pass_B_s2(X, Xt, sb0, ng, rem, H, Gp)
+        else:
+            _pass_B(X, Xt, sb0, ng, rem, H, Gp, last1, False)
         since += nr
         if since >= _FLUSH_ROWS:
             _fold(Gacc, Gp)
@@ -850,13 +1051,10 @@ def _s1_loops_chunk(X, y, Wp, a, b, m, act, kind, delta, offset, r0, r1, SB, Gac
 
 
 @njit(**_JIT)
-def _s2_loops_chunk(X, y, Wp, b, m, act, r0, r1, SB, Gacc, Fy):
+def _s2_loops_chunk(X, y, Wp, b, m, act, r0, r1, SB, Gacc, Fy, ks):
     R = _ROWS
     d = X.shape[1]
-    NB = Wp.shape[1]
-    L = vlanes(Wp)
-    npan = Wp.shape[0] // d
-    mcols = npan * NB
+    npan, NB, mcols, L = _loops_layout(d, Wp, ks)
     last1 = m - (npan - 1) * NB <= L
     H = np.empty((SB, mcols), X.dtype)
     Xt = np.zeros((R, d), X.dtype)
@@ -869,7 +1067,10 @@ def _s2_loops_chunk(X, y, Wp, b, m, act, r0, r1, SB, Gacc, Fy):
         nrp = ng * R + (R if rem > 0 else 0)
         if rem > 0:
             _load_tail(X, Xt, sb0 + ng * R, rem)
-        _pass_A(X, Xt, sb0, ng, rem, Wp, H, last1)
+        if ks == 2:
+            _pass_A_s2(X, Xt, sb0, ng, rem, Wp, H)
+        else:
+            _pass_A(X, Xt, sb0, ng, rem, Wp, H, last1)
         _s2_rows(H, nr, nrp, mcols, y, sb0, b, m, act, Fy)
         # F^T F: "X" is the F block itself (rows already padded with zeros)
         _pass_B(H, H, 0, nrp // R, 0, H, Gp, last1, True)
@@ -882,13 +1083,10 @@ def _s2_loops_chunk(X, y, Wp, b, m, act, r0, r1, SB, Gacc, Fy):
 
 
 @njit(**_JIT)
-def _pred_loops_chunk(X, Wp, a, b, m, act, r0, r1, SB, out):
+def _pred_loops_chunk(X, Wp, a, b, m, act, r0, r1, SB, out, ks):
     R = _ROWS
     d = X.shape[1]
-    NB = Wp.shape[1]
-    L = vlanes(Wp)
-    npan = Wp.shape[0] // d
-    mcols = npan * NB
+    npan, NB, mcols, L = _loops_layout(d, Wp, ks)
     last1 = m - (npan - 1) * NB <= L
     H = np.empty((SB, mcols), X.dtype)
     Xt = np.zeros((R, d), X.dtype)
@@ -898,7 +1096,10 @@ def _pred_loops_chunk(X, Wp, a, b, m, act, r0, r1, SB, out):
         rem = nr - ng * R
         if rem > 0:
             _load_tail(X, Xt, sb0 + ng * R, rem)
-        _pass_A(X, Xt, sb0, ng, rem, Wp, H, last1)
+        if ks == 2:
+            _pass_A_s2(X, Xt, sb0, ng, rem, Wp, H)
+        else:
+            _pass_A(X, Xt, sb0, ng, rem, Wp, H, last1)
         _pred_rows(H, nr, out, sb0, a, b, m, act)
 
 
@@ -957,10 +1158,13 @@ _JOB_STAGE1, _JOB_STAGE2, _JOB_PREDICT = 0, 1, 2
 
 
 @njit(parallel=True, **_JIT)
-def _run_parallel(job, X, y, Wk, a, b, m, act, kind, delta, offset, bounds, blk, gemm,
+def _run_parallel(job, X, y, Wk, a, b, m, act, kind, delta, offset, bounds, blk, mode,
                   Gacc, Fy, out):
+    """mode: 0 loops (column panels), 1 gemm, 2 loops with the narrow s2 layout."""
     T = bounds.shape[0] - 1
     res = np.zeros(T)
+    gemm = mode == 1
+    ks = 2 if mode == 2 else 1
     for t in prange(T):
         r0 = bounds[t]
         r1 = bounds[t + 1]
@@ -970,33 +1174,40 @@ def _run_parallel(job, X, y, Wk, a, b, m, act, kind, delta, offset, bounds, blk,
                                         r0, r1, blk, Gacc[t])
             else:
                 res[t] = _s1_loops_chunk(X, y, Wk, a, b, m, act, kind, delta, offset,
-                                         r0, r1, blk, Gacc[t])
+                                         r0, r1, blk, Gacc[t], ks)
         elif job == _JOB_STAGE2:
             if gemm:
                 _s2_gemm_chunk(X, y, Wk, b, m, act, r0, r1, blk, Gacc[t], Fy[t])
             else:
-                _s2_loops_chunk(X, y, Wk, b, m, act, r0, r1, blk, Gacc[t], Fy[t])
+                _s2_loops_chunk(X, y, Wk, b, m, act, r0, r1, blk, Gacc[t], Fy[t], ks)
         else:
             if gemm:
                 _pred_gemm_chunk(X, Wk, a, b, m, act, r0, r1, blk, out)
             else:
-                _pred_loops_chunk(X, Wk, a, b, m, act, r0, r1, blk, out)
+                _pred_loops_chunk(X, Wk, a, b, m, act, r0, r1, blk, out, ks)
     return res
 
 
-def _run_serial(job, X, y, Wk, a, b, m, act, kind, delta, offset, bounds, blk, gemm,
+def _run_serial(job, X, y, Wk, a, b, m, act, kind, delta, offset, bounds, blk, mode,
                 Gacc, Fy, out):
     """The serial variant (plain Python dispatch to one chunk over all rows)."""
     r0, r1 = int(bounds[0]), int(bounds[-1])
+    ks = 2 if mode == 2 else 1
     if job == _JOB_STAGE1:
-        f = _s1_gemm_chunk if gemm else _s1_loops_chunk
-        return np.array([f(X, y, Wk, a, b, m, act, kind, delta, offset, r0, r1, blk, Gacc[0])])
+        if mode == 1:
+            return np.array([_s1_gemm_chunk(X, y, Wk, a, b, m, act, kind, delta, offset,
+                                            r0, r1, blk, Gacc[0])])
+        return np.array([_s1_loops_chunk(X, y, Wk, a, b, m, act, kind, delta, offset,
+                                         r0, r1, blk, Gacc[0], ks)])
     if job == _JOB_STAGE2:
-        f = _s2_gemm_chunk if gemm else _s2_loops_chunk
-        f(X, y, Wk, b, m, act, r0, r1, blk, Gacc[0], Fy[0])
+        if mode == 1:
+            _s2_gemm_chunk(X, y, Wk, b, m, act, r0, r1, blk, Gacc[0], Fy[0])
+        else:
+            _s2_loops_chunk(X, y, Wk, b, m, act, r0, r1, blk, Gacc[0], Fy[0], ks)
+    elif mode == 1:
+        _pred_gemm_chunk(X, Wk, a, b, m, act, r0, r1, blk, out)
     else:
-        f = _pred_gemm_chunk if gemm else _pred_loops_chunk
-        f(X, Wk, a, b, m, act, r0, r1, blk, out)
+        _pred_loops_chunk(X, Wk, a, b, m, act, r0, r1, blk, out, ks)
     return np.zeros(1)
 
 
@@ -1091,6 +1302,41 @@ def _pack_panels(W):
     return Wp.reshape(npan * d, NB), NB, npan
 
 
+def _pack_s2(W):
+    """W (d, m), m <= L/2 -> the s2 layout (d//2 + d%2, L): row kp holds
+    W[2kp + t, j] in lane 2j + t; a leftover last k gets its own row with
+    only its parity lane (t = 0) filled."""
+    d, m = W.shape
+    L = _lanes_of(W.dtype)
+    nkp = d // 2
+    W2 = np.zeros((nkp + d % 2, L // 2, 2), dtype=W.dtype)
+    W2[:nkp, :m, :] = W[:2 * nkp].reshape(nkp, 2, m).transpose(0, 2, 1)
+    if d % 2:
+        W2[nkp, :m, 0] = W[d - 1]
+    return W2.reshape(-1, L)
+
+
+def _unpack_s2(G2, d, m):
+    nkp = d // 2
+    G3 = G2.reshape(-1, G2.shape[1] // 2, 2)
+    G = np.empty((d, m))
+    G[:2 * nkp] = G3[:nkp, :m, :].transpose(0, 2, 1).reshape(2 * nkp, m)
+    if d % 2:
+        G[d - 1] = G3[nkp, :m, 0]
+    return G
+
+
+_MODE_LOOPS, _MODE_GEMM, _MODE_S2 = 0, 1, 2
+
+
+def _loops_weights(W):
+    """Packed weights and mode for the "loops" path."""
+    m = W.shape[1]
+    if m <= _lanes_of(W.dtype) // 2:
+        return _pack_s2(W), _MODE_S2
+    return _pack_panels(W)[0], _MODE_LOOPS
+
+
 _TPC = None
 
 
@@ -1106,13 +1352,13 @@ def blas_threads(limit=1):
 
 
 def _run(parallel, job, X, y, Wk, a, b, m, act, kind, delta, offset, bounds, blk,
-         gemm, Gacc, Fy, out):
+         mode, Gacc, Fy, out):
     # one chunk: the serial variant (a one-iteration prange still wakes the pool)
     drv = _run_parallel if parallel and bounds.shape[0] > 2 else _run_serial
     ft = X.dtype.type
     args = (job, X, y, Wk, a, b, m, act, kind, ft(delta), ft(offset), bounds, blk,
-            gemm, Gacc, Fy, out)
-    if gemm:
+            mode, Gacc, Fy, out)
+    if mode == _MODE_GEMM:
         with blas_threads(1):   # each Numba thread calls BLAS on its own block
             return drv(*args)
     return drv(*args)
@@ -1133,21 +1379,32 @@ def stage1_grad(X, y, W, a, b, loss="square", delta=1.0, offset=0.0,
     X, y, W, a, b = _as_float_arrays(X, y, W, a, b)
     n, d = X.shape
     m = W.shape[1]
+    if m == 0:   # f = 0: the loss still counts; one idle column (a = 0) gives it
+        G, mean_loss = stage1_grad(X, y, np.zeros((d, 1), X.dtype), np.zeros(1, X.dtype),
+                                   np.zeros(1, X.dtype), loss, delta, offset, activation_name,
+                                   path=path, parallel=parallel)
+        return G[:, :0], mean_loss
     p = _resolve_path(path, m, d, X.dtype)
     bounds = _thread_bounds(n, n * d * m, parallel)
     T = bounds.shape[0] - 1
     Fy = np.zeros((T, 1))
     out = np.empty(0, dtype=X.dtype)
     if p == "loops":
-        Wp, NB, npan = _pack_panels(W)
-        Gacc = np.zeros((T, npan * d, NB))
-        ls = _run(parallel, _JOB_STAGE1, X, y, Wp, a, b, m, act, kind, delta, offset,
-                  bounds, _superblock_rows(d, X.itemsize), False, Gacc, Fy, out)
-        G = Gacc.sum(axis=0).reshape(npan, d, NB).transpose(1, 0, 2).reshape(d, npan * NB)[:, :m]
+        Wk, mode = _loops_weights(W)
+        Gacc = np.zeros((T,) + Wk.shape)
+        ls = _run(parallel, _JOB_STAGE1, X, y, Wk, a, b, m, act, kind, delta, offset,
+                  bounds, _superblock_rows(d, X.itemsize), mode, Gacc, Fy, out)
+        Gs = Gacc.sum(axis=0)
+        if mode == _MODE_S2:
+            G = _unpack_s2(Gs, d, m)
+        else:
+            NB = Wk.shape[1]
+            npan = Wk.shape[0] // d
+            G = Gs.reshape(npan, d, NB).transpose(1, 0, 2).reshape(d, npan * NB)[:, :m]
     else:
         Gacc = np.zeros((T, d, m))
         ls = _run(parallel, _JOB_STAGE1, X, y, W, a, b, m, act, kind, delta, offset,
-                  bounds, _gemm_block_rows(d, m, X.itemsize), True, Gacc, Fy, out)
+                  bounds, _gemm_block_rows(d, m, X.itemsize), _MODE_GEMM, Gacc, Fy, out)
         G = Gacc.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         G = (G / n).astype(X.dtype)
@@ -1163,17 +1420,23 @@ def stage2_gram(X, y, W, b, activation_name="logcosh", *, path=None, parallel=Tr
     X, y, W, b = _as_float_arrays(X, y, W, b)
     n, d = X.shape
     m = W.shape[1]
+    if m == 0:
+        return np.zeros((0, 0), X.dtype), np.zeros(0, X.dtype)
     p = _resolve_path(path, m, d, X.dtype)
     bounds = _thread_bounds(n, n * d * m, parallel)
     T = bounds.shape[0] - 1
     Fy = np.zeros((T, m))
     out = np.empty(0, dtype=X.dtype)
     if p == "loops":
-        Wp, NB, npan = _pack_panels(W)
+        Wk, mode = _loops_weights(W)
+        if mode == _MODE_S2:
+            npan, NB = 1, Wk.shape[1]
+        else:
+            npan, NB = Wk.shape[0] // d, Wk.shape[1]
         mcols = npan * NB
         Gacc = np.zeros((T, npan * mcols, NB))
-        _run(parallel, _JOB_STAGE2, X, y, Wp, b, b, m, act, 0, 1.0, 0.0,
-             bounds, _superblock_rows(d, X.itemsize), False, Gacc, Fy, out)
+        _run(parallel, _JOB_STAGE2, X, y, Wk, b, b, m, act, 0, 1.0, 0.0,
+             bounds, _superblock_rows(d, X.itemsize), mode, Gacc, Fy, out)
         M = Gacc.sum(axis=0).reshape(npan, mcols, NB).transpose(1, 0, 2).reshape(mcols, mcols)
         # only the block-lower half (row k >= first row of column j's panel) was formed
         kk = np.arange(mcols)[:, None]
@@ -1182,7 +1445,7 @@ def stage2_gram(X, y, W, b, activation_name="logcosh", *, path=None, parallel=Tr
     else:
         Gacc = np.zeros((T, m, m))
         _run(parallel, _JOB_STAGE2, X, y, W, b, b, m, act, 0, 1.0, 0.0,
-             bounds, _gemm_block_rows(d, m, X.itemsize), True, Gacc, Fy, out)
+             bounds, _gemm_block_rows(d, m, X.itemsize), _MODE_GEMM, Gacc, Fy, out)
         M = Gacc.sum(axis=0)
         M = np.triu(M) + np.triu(M, 1).T            # exactly symmetric
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1195,6 +1458,8 @@ def predict(X, W, a, b, activation_name="logcosh", *, path=None, parallel=True):
     X, W, a, b = _as_float_arrays(X, W, a, b)
     n, d = X.shape
     m = W.shape[1]
+    if m == 0:
+        return np.zeros(n, X.dtype)
     p = _resolve_path(path, m, d, X.dtype)
     bounds = _thread_bounds(n, n * d * m, parallel)
     T = bounds.shape[0] - 1
@@ -1203,12 +1468,12 @@ def predict(X, W, a, b, activation_name="logcosh", *, path=None, parallel=True):
     Gacc = np.zeros((T, 1, 1))
     Fy = np.zeros((T, 1))
     if p == "loops":
-        Wp, NB, npan = _pack_panels(W)
-        _run(parallel, _JOB_PREDICT, X, y, Wp, a, b, m, act, 0, 1.0, 0.0,
-             bounds, _superblock_rows(d, X.itemsize), False, Gacc, Fy, out)
+        Wk, mode = _loops_weights(W)
+        _run(parallel, _JOB_PREDICT, X, y, Wk, a, b, m, act, 0, 1.0, 0.0,
+             bounds, _superblock_rows(d, X.itemsize), mode, Gacc, Fy, out)
     else:
         _run(parallel, _JOB_PREDICT, X, y, W, a, b, m, act, 0, 1.0, 0.0,
-             bounds, _gemm_block_rows(d, m, X.itemsize), True, Gacc, Fy, out)
+             bounds, _gemm_block_rows(d, m, X.itemsize), _MODE_GEMM, Gacc, Fy, out)
     return out
 
 
