@@ -11,9 +11,11 @@ is computed from the data:
 * ``negative``  staircase and sign3 must not be learned
 * ``all``       every study, then ``OUT/REPORT.md``
 
-Defaults finish on 2 cores in about a quarter of an hour per study; ``--quick``
-is a CI smoke test (about a minute); ``--d``, ``--seeds`` and the per-study
-flags scale up.  ``--workers N`` runs the sweep on a Dask LocalCluster,
+Defaults finish on 2 cores in at most about 10 minutes per study and 25 for
+``all`` (measured on a loaded 2-core machine, one thread per training);
+``--quick`` is a CI smoke test (under a minute); ``--d``, ``--seeds`` and the
+per-study flags scale up.  A re-run with the same ``--out`` reuses finished
+runs and only redoes the analysis.  ``--workers N`` runs the sweep on a Dask LocalCluster,
 ``--scheduler ADDRESS`` on an existing cluster; the records are identical to
 the in-process run (``--threads``, the threads per task, must match).
 """
@@ -164,8 +166,10 @@ def write_report(out, command, total_s=None):
                   "below are not evidence for or against the paper.", ""]
     lines += ["## Summary", ""]
     for name, s, _ in found:
-        lines.append(f"**{name}** ({s.get('wall_s', s.get('sweep_s', 0)):.0f} s, "
-                     f"{s['runs']} runs{', ' + str(s['failed']) + ' failed' if s['failed'] else ''}):")
+        lines.append(f"**{name}** ({s['runs']} runs"
+                     f"{', ' + str(s['failed']) + ' failed' if s['failed'] else ''}; "
+                     f"{s.get('wall_s', s.get('sweep_s', 0)):.0f} s this invocation, "
+                     f"{s.get('compute_s', 0):.0f} s of training in the records):")
         lines += [f"- {h}" for h in s["headline"]] + [""]
         if s.get("summary_md"):
             lines += [s["summary_md"], ""]

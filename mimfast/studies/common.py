@@ -277,10 +277,12 @@ class Study:
         if notes:
             body += notes + [""]
         n_ok = sum(r.get("status") == "ok" for r in records)
+        compute_s = sum(float(r.get("wall_s") or 0.0) for r in records)
         n_exp = sum(r.get("status") != "ok" and self.expected_failure(r) for r in records)
         body += [f"*Data:* `{self.name}/records.csv` ({len(records)} runs, {n_ok} ok"
                  + (f", {n_exp} stopped by the schedule as expected" if n_exp else "")
-                 + f"). *Sweep time:* {sweep_s:.0f} s. "
+                 + f"). *Sweep time:* {sweep_s:.0f} s this invocation; {compute_s:.0f} s of "
+                 "training recorded in the rows (finished rows are reused on a re-run). "
                  f"*Command:* `{cmd}`", ""]
         text = "\n".join(body)
         with open(os.path.join(outdir, "section.md"), "w") as fh:
@@ -288,6 +290,7 @@ class Study:
         summary = {"study": self.name, "title": section.title, "headline": section.headline,
                    "summary": section.summary, "figures": section.figures,
                    "runs": len(records), "failed": len(failed), "sweep_s": sweep_s,
+                   "compute_s": sum(float(r.get("wall_s") or 0.0) for r in records),
                    "command": cmd, "quick": bool(getattr(args, "quick", False)),
                    "summary_md": section.summary_md}
         with open(os.path.join(outdir, "summary.json"), "w") as fh:

@@ -111,6 +111,15 @@ class T1Study(Study):
                             f"({ea / eb:.2f}× the best): " +
                             ("within 10% of the best." if near else
                              "outside the near-optimal band — see the table."))
+        auto_rows = [(x, summary["per_d"][x]["auto_t1"],
+                      summary["per_d"][x]["err_auto"] / summary["per_d"][x]["err_best"])
+                     for x in ds if math.isfinite(summary["per_d"][x]["err_auto"])]
+        if len(auto_rows) > 1:
+            off = [f"d={x} ({q:.2f}×)" for x, _, q in auto_rows if q > 1.1]
+            headline.append("Automatic T₁ = ⌈2√ln d⌉ vs the best T₁: " + ", ".join(
+                f"d={x}: T₁={t} at {q:.2f}× the best error" for x, t, q in auto_rows) + "; "
+                + (f"more than 10% off at {', '.join(off)}." if off else
+                   "within 10% of the best at every d."))
         best_by_d = [summary["per_d"][x]["best_t1"] for x in ds]
         if len(ds) > 1:
             lines.append("")
