@@ -160,7 +160,9 @@ def write_report(out, command, total_s=None):
              "Gaussian multi-index models y = g(Ux); every number below is computed from the "
              "runs stored next to this file.", "",
              f"Generated {now} by `{command}`"
-             + (f" in {total_s / 60:.1f} min." if total_s is not None else "."), ""]
+             + (f" in {total_s / 60:.1f} min" if total_s is not None else "")
+             + f"; the runs below hold {sum(s.get('compute_s', 0) for _, s, _ in found) / 60:.1f} "
+               "min of training (finished runs are reused when the command is repeated).", ""]
     if any(s.get("quick") for _, s, _ in found):
         lines += ["> **Quick mode** (`--quick`): tiny sizes for a smoke test. The numbers "
                   "below are not evidence for or against the paper.", ""]

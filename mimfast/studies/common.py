@@ -261,6 +261,19 @@ class Study:
         failed = [r for r in records if r.get("status") != "ok"
                   and not self.expected_failure(r)]
         notes = []
+        bad = [r for r in records if r.get("status") == "ok" and any(
+            value(r, k) < 0 for k in r if k == "val_rel_mse" or k.endswith(".val_rel_mse"))]
+        if bad:
+            worst = max(bad, key=lambda r: value(r, "test_rel_mse"))
+            notes.append(
+                f"**Stage-2 numerics:** {len(bad)} of {len(records)} runs have a negative "
+                "validation MSE (the ridge penalty is chosen from a Gram quadratic form that "
+                "lost its precision, typically when the neurons have collapsed onto one "
+                "direction); their test errors are unreliable. Worst: d="
+                f"{worst.get('d')}, T₁={worst.get('t1')}, seed={worst.get('seed')}, "
+                f"target={worst.get('target')}, loss={worst.get('loss')}: validation MSE "
+                f"{fmt(value(worst, 'val_rel_mse'))}, test error "
+                f"{fmt(value(worst, 'test_rel_mse'))}.")
         if failed:
             errs = sorted({str(r.get("error", ""))[:200] for r in failed})
             notes.append(f"**{len(failed)} of {len(records)} runs failed** and are left out of "
