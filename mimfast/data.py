@@ -423,6 +423,11 @@ class TaskSource:
             self._y = np.concatenate(ys)
 
     def split(self, n_first):
+        if not self.streamed:  # slice the rows already drawn instead of drawing them again
+            if self._X is None:
+                self._materialise()
+            return (ArraySource(self._X[:n_first], self._y[:n_first], self._backend),
+                    ArraySource(self._X[n_first:], self._y[n_first:], self._backend))
         kw = dict(streamed=self.streamed, block_rows=self.block_rows,
                   memory_budget=self.memory_budget)
         return (TaskSource(self.task, self.stream, n_first, self.dtype, self._backend,
