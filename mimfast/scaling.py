@@ -109,10 +109,14 @@ def run_point(cfg, warm=True):
     common = dict(width=cfg["width"], t1=cfg["t1"], loss=cfg["loss"],
                   activation=cfg["activation"], backend=cfg["backend"], dtype=cfg["dtype"],
                   threads=cfg["threads"], progress=False, power_iters=cfg["power_iters"])
-    if warm:  # compile the kernels for these dtypes/activations outside the timing
-        wt = MultiIndexTask(d=16, r=min(cfg["r"], 16), link=cfg["target"], seed=cfg["seed"])
-        train(wt, max(4 * cfg["width"], 256), max(4 * cfg["width"], 256), 256,
-              **{**common, "t1": 1}, data="materialise")
+    if warm:
+        # compile the kernels outside the timing: Numba kernels pick serial or
+        # parallel variants by problem size, so the warm-up must be big enough
+        # (>= 2^25 multiply-adds) for the parallel ones, and small (d <= 256)
+        dw = min(cfg["d"], 256)
+        nw = int(min(65536, max(4096, 4 * cfg["width"], 2 ** 25 // (dw * cfg["width"]))))
+        wt = MultiIndexTask(d=dw, r=min(cfg["r"], dw), link=cfg["target"], seed=cfg["seed"])
+        train(wt, nw, nw, 512, **{**common, "t1": 1}, data="materialise")
     task = MultiIndexTask(d=cfg["d"], r=cfg["r"], link=cfg["target"], noise=cfg["noise"],
                           seed=cfg["seed"])
     base = _rss_now()
@@ -148,10 +152,21 @@ def _point_main(argv):
     return 0
 
 
+def _die_with_parent():
+    """Child side (Linux): get SIGTERM when the sweep process dies, even by SIGKILL."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's cleanup must do
+        pass
+
+
 def run_point_isolated(cfg, timeout=None):
     """Run one point in a fresh interpreter (honest per-run peak RSS)."""
     p = subprocess.run([sys.executable, "-m", "mimfast.scaling", "--point", json.dumps(cfg)],
-                       capture_output=True, text=True, timeout=timeout)
+                       capture_output=True, text=True, timeout=timeout,
+                       preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
     for line in reversed(p.stdout.splitlines()):
         if line.startswith("MIMFAST_ROW "):
             return json.loads(line[len("MIMFAST_ROW "):])
@@ -527,7 +542,17 @@ def register(subparsers):
     p.set_defaults(func=cmd_scale)
 
 
+def threading_main():
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _terminate_as_interrupt(signum, frame):
+    raise KeyboardInterrupt  # unwinds subprocess.run, which kills the point process
+
+
 def cmd_scale(args):
+    import signal
     if not args.d or any(d < 2 for d in args.d):
         raise MimfastInputError("--d needs a comma-separated list of dimensions >= 2")
     if not (args.c > 0 and math.isfinite(args.c)):
@@ -551,6 +576,8 @@ def cmd_scale(args):
                        activation=args.activation, dtype=args.dtype)._validate(
         min(args.d), n_for(min(args.d), args.c))
     ds = sorted(set(args.d))
+    if threading_main():
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     rows, summary = sweep(ds, list(range(args.seeds)), args.out, settings,
                           isolate=not args.in_process,
                           progress=False if args.no_progress else None,
