@@ -69,6 +69,8 @@ class LayerwiseRegressor:
     bias_scale : std of the re-drawn stage-2 biases.
     ridge : grid of ridge penalties (relative to trace(F^T F / n) / m).
     val_fraction : share of stage-2 rows held out to choose the ridge penalty.
+    ridge_checks : how many of the best penalties (by the Gram identity) are confirmed
+        by direct residuals on the held-out rows.
     method : "layerwise" (stage 1 by GD) or "spectral" (top-r eigenvectors of Sigma_l).
     spectral_rank : r for the spectral method (default: the task's r).
     power_iters : matrix-free power iterations for the auto step size.
@@ -83,7 +85,8 @@ class LayerwiseRegressor:
                  init_scale=1e-3, loss="square", delta=1.0, center=True,
                  activation="logcosh", stage2_activation=None, bias_scale=1.0,
                  ridge=DEFAULT_RIDGE, val_fraction=0.25, method="layerwise",
-                 spectral_rank=None, power_iters=12, backend="auto", dtype="float32",
+                 spectral_rank=None, power_iters=12, ridge_checks=4, backend="auto",
+                 dtype="float32",
                  seed=0, threads=None, progress=None):
         self.width = width
         self.t1 = t1
@@ -101,6 +104,7 @@ class LayerwiseRegressor:
         self.method = method
         self.spectral_rank = spectral_rank
         self.power_iters = power_iters
+        self.ridge_checks = ridge_checks
         self.backend = backend
         self.dtype = dtype
         self.seed = seed
@@ -139,6 +143,7 @@ class LayerwiseRegressor:
         check_activation(self.activation, 1, "activation")
         check_activation(self.stage2_activation or self.activation, 2, "stage2_activation")
         check_int(self.power_iters, "power_iters", 1)
+        check_int(self.ridge_checks, "ridge_checks", 1)
         check_dtype(self.dtype)
         return width
 
@@ -361,20 +366,34 @@ class LayerwiseRegressor:
         grid = np.unique(np.maximum(grid, 10 * np.finfo(dt).eps))
         s, V = metrics.serial_blas(np.linalg.eigh)(A_fit)
         proj = V.T @ v_fit
-        best = (math.inf, None)
-        self.ridge_path_ = []
-        for lam in grid:
-            a = V @ (proj / (s + lam * scale + 1e-300))
-            mse = float(a @ A_val @ a - 2.0 * a @ v_val + yy_val)
-            self.ridge_path_.append((float(lam), mse))
-            if mse < best[0]:
-                best = (mse, lam)
-        lam = best[1] if best[1] is not None else grid[0]
+
+        def coef(lam):
+            return V @ (proj / (s + lam * scale + 1e-300))
+
+        # Rank the penalties by the Gram identity (cheap: no pass over the data) ...
+        gram_mse = [float(a @ A_val @ a - 2.0 * a @ v_val + yy_val)
+                    for a in (coef(lam) for lam in grid)]
+        # ... then confirm the best few on the validation rows themselves: when neurons
+        # collapse, F^T F is near-singular and in float32 the identity cancels
+        # catastrophically (it can even go negative) for small penalties.
+        y_val_dev = yc[n_fit:].astype(np.float64)
+        direct = {}
+        for i in np.argsort(gram_mse)[:self.ridge_checks]:
+            a = coef(grid[i])
+            pred = np.empty(n_val)
+            a_dev = be.asarray(a, dtype=dt)
+            for lo, Xb in val_src.blocks():
+                pred[lo:lo + Xb.shape[0]] = be.to_numpy(be.predict(Xb, W2d, a_dev, b2d, act))
+            direct[int(i)] = float(np.mean((pred - y_val_dev) ** 2))
+        best = min(direct, key=direct.get)
+        lam = float(grid[best])
+        self.ridge_path_ = [(float(l), g, direct.get(i)) for i, (l, g) in
+                            enumerate(zip(grid, gram_mse))]
         # keep the coefficients that were validated: refitting on fit+val with the same
         # penalty can blow up along near-null directions of a collapsed feature Gram
-        a = V @ (proj / (s + lam * scale + 1e-300))
-        self.ridge_ = float(lam)
-        self.val_rel_mse_ = best[0] / yy_val if yy_val > 0 else float("nan")
+        a = coef(lam)
+        self.ridge_ = lam
+        self.val_rel_mse_ = direct[best] / yy_val if yy_val > 0 else float("nan")
         self.coef_ = a
         self.weights_ = W2
         self.biases_ = b2
