@@ -11,8 +11,10 @@ median ms, GFLOP/s, GB/s of X read, and the fraction of the roofline
 
     roofline time = max(bytes of X / stream read bandwidth, flops / sgemm rate)
 
-with the stream read bandwidth (a parallel Numba read of X) and the sgemm rate
-(numpy/BLAS, all threads, 2048^3) measured in the same process just before.
+The stream read bandwidth (a parallel Numba read of X) and the sgemm rate
+(numpy/BLAS, all threads, 2048^3) are measured in the same process, inside the
+same interleaved rounds as the kernels of each row (shared, noisy machines
+change speed over minutes), and printed per row.
 Flops: stage 1 = 4 n d m (two GEMM-shaped products), stage 2 = 2 n d m + 2 n m^2.
 """
 
@@ -50,16 +52,6 @@ def _stream_read(X):
             s += acc
         part[t] = s
     return part.sum()
-
-
-def median_time(fn, reps):
-    fn()                                   # warm-up (and JIT)
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
 
 
 def interleaved(fns, reps):
@@ -104,33 +96,40 @@ def main(argv=None):
     y = rng.standard_normal(n).astype(dt)
     import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba's np.dot calls)
 
-    # ---- the machine, measured now, in this process
-    bw = X.nbytes / median_time(lambda: _stream_read(X), reps) / 1e9
+    # ---- the machine, measured in this process (again inside every row below)
     A = rng.standard_normal((2048, 2048)).astype(dt)
     B = rng.standard_normal((2048, 2048)).astype(dt)
     gemm_name = "sgemm" if dt == np.float32 else "dgemm"
-    gf = 2 * 2048 ** 3 / median_time(lambda: A @ B, reps) / 1e9
-    del A, B
+    probes = {"_stream": lambda: _stream_read(X), "_gemm": lambda: A @ B}
+    xbytes = X.nbytes
+
+    def machine(t):
+        return xbytes / t["_stream"] / 1e9, 2 * 2048 ** 3 / t["_gemm"] / 1e9
+
+    bw, gf = machine(interleaved(probes, reps))
 
     print(f"# mimfast CPU kernels: numba vs numpy reference   n={n} d={d} dtype={dt.name}")
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"numba {numba.__version__} threads={numba.get_num_threads()} "
-          f"layer={numba.threading_layer() if hasattr(numba, 'threading_layer') else '?'}, "
-          f"numpy {np.__version__}")
+          f"layer={numba.threading_layer()}, numpy {np.__version__}")
     for row in blas_description():
         print(f"# BLAS: {row}")
-    print(f"# measured: stream read {bw:.1f} GB/s (parallel Numba read of X, {X.nbytes / 2**20:.0f} MiB);"
-          f" {gemm_name} {gf:.1f} GFLOP/s (numpy, 2048^3, all BLAS threads)")
-    print(f"# median of {reps} interleaved runs after warm-up; roofline time = "
-          f"max(bytes(X)/stream, flops/{gemm_name}); 'x' = numpy time / numba time")
+    print(f"# measured at start: stream read {bw:.1f} GB/s (parallel Numba read of X, "
+          f"{xbytes / 2**20:.0f} MiB); {gemm_name} {gf:.1f} GFLOP/s (numpy, 2048^3, all BLAS threads)")
+    print(f"# median of {reps} interleaved runs after warm-up; stream and {gemm_name} re-measured in "
+          f"the same rounds as each row;")
+    print(f"# roof = (roofline time = max(bytes(X)/stream, flops/{gemm_name})) / time;  "
+          f"x = numpy time / numba time")
 
-    xbytes = X.nbytes
     hdr = (f"{'kernel':<7} {'m':>4} {'path':>5} | {'numba ms':>9} {'GF/s':>6} {'GB/s':>6} {'roof':>5} |"
-           f" {'numpy ms':>9} {'GF/s':>6} {'GB/s':>6} {'roof':>5} | {'x':>5} | {'roof ms':>8} {'bound':>7}")
+           f" {'numpy ms':>9} {'GF/s':>6} {'GB/s':>6} {'roof':>5} | {'x':>5} |"
+           f" {'stream':>6} {gemm_name:>6} {'roof ms':>8} {'bound':>7}")
     print(hdr)
     print("-" * len(hdr))
 
-    def line(kernel, m, path, flops, t_nb, t_np):
+    def line(kernel, m, path, flops, t, key):
+        bw, gf = machine(t)
+        t_nb, t_np = t[key], t["numpy"]
         t_bw = xbytes / (bw * 1e9)
         t_fl = flops / (gf * 1e9)
         roof = max(t_bw, t_fl)
@@ -138,7 +137,7 @@ def main(argv=None):
         print(f"{kernel:<7} {m:>4} {path:>5} | {t_nb * 1e3:>9.1f} {flops / t_nb / 1e9:>6.1f} "
               f"{xbytes / t_nb / 1e9:>6.1f} {roof / t_nb:>5.2f} | {t_np * 1e3:>9.1f} "
               f"{flops / t_np / 1e9:>6.1f} {xbytes / t_np / 1e9:>6.1f} {roof / t_np:>5.2f} | "
-              f"{t_np / t_nb:>5.2f} | {roof * 1e3:>8.1f} {bound:>7}", flush=True)
+              f"{t_np / t_nb:>5.2f} | {bw:>6.1f} {gf:>6.1f} {roof * 1e3:>8.1f} {bound:>7}", flush=True)
 
     for m in args.widths:
         W = (rng.standard_normal((d, m)) / np.sqrt(d)).astype(dt)
@@ -146,16 +145,19 @@ def main(argv=None):
         b = (0.5 * rng.standard_normal(m)).astype(dt)
         auto = cpu.choose_path(m, d, dt)
         paths = [auto] + ([p for p in ("loops", "gemm") if p != auto] if args.both_paths else [])
-        fns = {"numpy": lambda: reference.stage1_grad(X, y, W, a, b)}
+        fns = dict(probes)
+        fns["numpy"] = lambda: reference.stage1_grad(X, y, W, a, b)
         for p in paths:
             fns[p] = (lambda p=p: cpu.stage1_grad(X, y, W, a, b, path=p))
         t = interleaved(fns, reps)
         for p in paths:
-            line("stage1", m, p, 4.0 * n * d * m, t[p], t["numpy"])
+            line("stage1", m, p, 4.0 * n * d * m, t, p)
         if not args.skip_stage2:
-            t = interleaved({"numba": lambda: cpu.stage2_gram(X, y, W, b),
-                             "numpy": lambda: reference.stage2_gram(X, y, W, b)}, reps)
-            line("stage2", m, auto, 2.0 * n * d * m + 2.0 * n * m * m, t["numba"], t["numpy"])
+            fns = dict(probes)
+            fns["numba"] = lambda: cpu.stage2_gram(X, y, W, b)
+            fns["numpy"] = lambda: reference.stage2_gram(X, y, W, b)
+            t = interleaved(fns, reps)
+            line("stage2", m, auto, 2.0 * n * d * m + 2.0 * n * m * m, t, "numba")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ PATHS = ("loops", "gemm")
 # relative (Frobenius) tolerance of a result in each dtype
 RTOL = {np.float32: 2e-5, np.float64: 1e-11}
 
-# (n, d, m): n < one register tile (12), n not a multiple of anything, d = 1,
-# m = 2, m not a multiple of the vector width (16 float32 / 8 float64), a last
-# column panel that is half used, several panels (m large), several
-# super-blocks and float64 folds per thread (n = 5003, d = 8).
+# (n, d, m): n < one register tile (12), n not a multiple of anything, d = 1
+# and odd d, m = 2, m not a multiple of the vector width (16 float32 /
+# 8 float64), the narrow two-k-per-vector layout (m <= 8 float32, m <= 4
+# float64), a last column panel that is half used, several panels (m large),
+# several super-blocks and float64 folds in one chunk (n = 5003, d = 8).
 SHAPES = [
     (5, 3, 2),
     (37, 1, 2),
