@@ -95,6 +95,28 @@ class Backend:
     def describe(self):
         return {"backend": self.name, "threads": self.threads}
 
+    def warmup(self, d, width, dtype, loss="square", activation="logcosh",
+               stage2_activation=None):
+        """Run every kernel once on small data of the same types, width and path so
+        that JIT compilation (Numba, NVRTC) is not charged to the timed stages.
+
+        Big enough (about 1e7 multiply-adds) that the parallel variants run too."""
+        dt = np.dtype(dtype)
+        dw = max(1, min(int(d), 64))
+        n = max(256, int(1e7 // (dw * max(int(width), 1))))
+        rng = np.random.default_rng(0)
+        X = self.asarray(rng.standard_normal((n, dw)).astype(dt))
+        y = self.asarray(rng.standard_normal(n).astype(dt))
+        W = self.asarray((1e-3 * rng.standard_normal((dw, width))).astype(dt))
+        a = self.asarray(np.tile(np.array([1.0, -1.0], dtype=dt), max(width // 2, 1))[:width])
+        b = self.asarray(np.zeros(width, dtype=dt))
+        self.stage1_grad(X, y, W, a, b, loss, 1.0, 0.0, activation)
+        act2 = stage2_activation or activation
+        self.stage2_gram(X, y, W, b, act2)
+        self.predict(X, W, a, b, act2)
+        self.sigma_matvec(X, y, W[:, 0].copy() if hasattr(W, "copy") else W[:, 0])
+        self.synchronize()
+
 
 class NumpyBackend(Backend):
     name = "numpy"
@@ -139,7 +161,8 @@ class NumbaBackend(Backend):
     def describe(self):
         import numba
         return {"backend": self.name,
-                "threads": self.threads or numba.config.NUMBA_NUM_THREADS,
+                "threads": min(self.threads or numba.config.NUMBA_NUM_THREADS,
+                               numba.config.NUMBA_NUM_THREADS),
                 "threading_layer": _numba_threading_layer()}
 
 

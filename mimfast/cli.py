@@ -68,6 +68,7 @@ def add_common_training_args(p):
 
 def _add_run(sub):
     p = sub.add_parser("run", help="train one network on one task and report",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Train a two-layer network layer-wise on a Gaussian "
                                    "multi-index task and print recovery and test error.")
     p.add_argument("--d", type=positive_int, default=512, help="input dimension")
@@ -92,6 +93,8 @@ def _add_run(sub):
 
 def cmd_run(args):
     from .schedule import train
+    if args.json:
+        check_output_path(args.json)
     from .tasks import NATURAL_R, MultiIndexTask
     r = args.r if args.r is not None else NATURAL_R.get(args.target, 2)
     task = MultiIndexTask(d=args.d, r=r, link=args.target, noise=args.noise, seed=args.seed)
@@ -109,14 +112,46 @@ def cmd_run(args):
     return 0
 
 
+def check_output_path(path, what="--json"):
+    """Fail before any work if the output file cannot be written."""
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise MimfastInputError(f"{what} {path!r} is a directory; give a file path")
+    parent = os.path.dirname(full)
+    probe = parent
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise MimfastInputError(f"{what} {path!r}: {probe!r} is a file, not a folder")
+    if not os.access(probe, os.W_OK):
+        raise MimfastInputError(f"{what} {path!r}: {probe!r} is not writable")
+
+
+def _finite_or_none(o):
+    """JSON has no NaN/inf: undefined numbers are written as null."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite_or_none(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_or_none(v) for v in o]
+    return o
+
+
 def write_json(path, obj):
-    """Atomic JSON write (temp file + rename)."""
+    """Atomic, strict JSON write (temp file + rename; NaN/inf become null)."""
+    check_output_path(path)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, default=_json_default)
-    os.replace(tmp, path)
+    tmp = f"{os.path.abspath(path)}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(_finite_or_none(json.loads(json.dumps(obj, default=_json_default))),
+                      fh, indent=2, allow_nan=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _json_default(o):
@@ -142,10 +177,11 @@ def format_record(rec):
         f"engine    backend={rec['backend']}  dtype={rec['dtype']}  data={rec['data_mode']}  "
         f"loss={rec['loss']}",
         f"time      data {t['data']:.2f}s  stage1 {t['stage1']:.2f}s  "
-        f"stage2 {t['stage2']:.2f}s  test {t['test']:.2f}s  total {t['total']:.2f}s",
+        f"stage2 {t['stage2']:.2f}s  test {t['test']:.2f}s  total {t['total']:.2f}s"
+        + (f"  (+ {t['compile']:.2f}s one-off JIT warm-up)" if t.get("compile", 0) > 0.5 else ""),
         "",
         f"{'method':<12}{'T1':>4}  {'test rel MSE':>12}  {'energy in U':>11}  "
-        f"{'stage1 s':>8}  {'sin theta per direction':<24}  energy per direction",
+        f"{'stage1 s':>8}  {'sin principal angles':<24}  energy per direction u_k",
     ]
 
     def row(name, r):
@@ -244,6 +280,8 @@ def build_parser():
     parser = _Parser(prog="python -m mimfast",
                      description="Layer-wise training of two-layer networks on Gaussian "
                                  "multi-index models: runs, benchmarks, scaling, studies.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"mimfast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND",
                                 parser_class=_Parser)
     _add_run(sub)
@@ -273,3 +311,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:
+        print(f"error: out of memory ({exc}); pass smaller sizes or --data stream",
+              file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 2

@@ -24,12 +24,11 @@ def check_dtype(dtype, name="dtype"):
     return dt
 
 
-def check_finite(arr, name):
+def check_finite(arr, name, fix="remove or impute them before fitting"):
     """Reject NaN/inf before it reaches a kernel (fastmath kernels would not notice)."""
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise MimfastInputError(
-            f"{name} contains {bad} NaN/inf value(s); remove or impute them before fitting")
+        raise MimfastInputError(f"{name} contains {bad} NaN/inf value(s); {fix}")
 
 
 def check_int(value, name, minimum=None, fix=""):

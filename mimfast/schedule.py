@@ -415,13 +415,14 @@ class LayerwiseRegressor:
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise MimfastInputError(
                 f"X must have shape (n, {self.n_features_in_}); got {X.shape}")
-        check_finite(X, "X")
+        check_finite(X, "X", "remove or impute them before predicting")
         Xd = be.asarray(X, dtype=check_dtype(self.dtype))
         return be.to_numpy(be.predict(Xd, W2d, a_d, b2d, act)).astype(np.float64) + self.y_mean_
 
     def score(self, X, y):
-        """Relative test MSE (MSE / Var(y)); lower is better."""
-        return metrics.relative_mse(self.predict(X), y)
+        """Coefficient of determination R^2 = 1 - MSE / Var(y) (higher is better, as in
+        scikit-learn); ``1 - score`` is the relative MSE that mimfast reports."""
+        return 1.0 - metrics.relative_mse(self.predict(X), y)
 
 
 # ---------------------------------------------------------------------- train
@@ -446,15 +447,19 @@ def plan_memory(d, n1, n2, n_test, dtype, width, data="auto", memory_budget=None
     avail = available_memory_bytes()
     budget = memory_budget if memory_budget is not None else (
         int(0.6 * avail) if avail else None)
-    fixed = 8 * d * width * itemsize + (d * d * 8 * 2 if method == "spectral" else 0)
+    # weights and their temporaries, the labels (held whole on the host, float64 plus
+    # the working copy) and, for the spectral method, the d x d matrix and its eigh
+    fixed = (8 * d * width * itemsize + (n1 + n2 + n_test) * (8 + itemsize) * 2
+             + (d * d * 8 * 2 if method == "spectral" else 0))
     # one streamed X block (sized by data.streamed_block_rows for this d and budget),
     # the sampler's float64 chunk buffers and the kernels' (rows x width) temporaries
     stream_block = streamed_block_bytes(d, dtype, budget, width=width)
     data_bytes = bytes_needed(n1 + n2 + n_test, d, dtype)
     if budget is not None and fixed + min(stream_block, data_bytes) > budget:
         raise MimfastInputError(
-            f"d={d}, width={width} needs at least {human_bytes(fixed + stream_block)} "
-            f"but the memory budget is {human_bytes(budget)}; pass a smaller d or width")
+            f"d={d}, width={width}, n1+n2+n_test={n1 + n2 + n_test} need at least "
+            f"{human_bytes(fixed + stream_block)} even with streamed data (weights, labels, "
+            f"one block) but the memory budget is {human_bytes(budget)}; pass smaller sizes")
     if data == "auto":
         data = "materialise" if budget is None or data_bytes + fixed <= budget else \
             plan_sources({"stage1": n1, "stage2": n2, "test": n_test}, d, dtype, budget,
@@ -490,7 +495,8 @@ def train(task, n1=None, n2=None, n_test=None, *, width=256, t1="auto", loss="sq
     dn1, dn2, dnt = default_sizes(d, task.r)
     n1 = dn1 if n1 is None else check_int(n1, "n1", 1)
     n2 = dn2 if n2 is None else check_int(n2, "n2", 2)
-    n_test = dnt if n_test is None else check_int(n_test, "n_test", 1)
+    n_test = dnt if n_test is None else check_int(
+        n_test, "n_test", 2, " (the test error needs at least 2 samples)")
     dt = check_dtype(dtype)
     mode = plan_memory(d, n1, n2, n_test, dt, width if isinstance(width, int) else 2,
                        data, memory_budget, method)
@@ -505,6 +511,9 @@ def train(task, n1=None, n2=None, n_test=None, *, width=256, t1="auto", loss="sq
         raise MimfastInputError(f"n2={n2} is too small: stage 2 needs at least 4 rows")
     streamed = streamed_sources(mode)
     timings = {}
+    with _timer(timings, "compile"):
+        be.warmup(d, int(width), dt, get_loss(loss, params.get("delta", 1.0)).kind,
+                  activation, stage2_activation)
     with _timer(timings, "data"):
         s1, s2, st = (TaskSource(task, name, n, dt, be, streamed=name in streamed,
                                  memory_budget=memory_budget)
@@ -513,6 +522,9 @@ def train(task, n1=None, n2=None, n_test=None, *, width=256, t1="auto", loss="sq
             if not s.streamed:
                 next(s.blocks())
     y_test = np.asarray(st.labels(), dtype=np.float64)
+    for name, src in (("stage-1", s1), ("stage-2", s2), ("test", st)):
+        check_finite(src.labels(), f"{name} labels of target {task.name!r}",
+                     "the link g returned NaN/inf: check it is finite on all of R^r")
 
     def one(method_, t1_, prog):
         est = LayerwiseRegressor(width=width, t1=t1_, loss=loss, activation=activation,
@@ -547,14 +559,17 @@ def train(task, n1=None, n2=None, n_test=None, *, width=256, t1="auto", loss="sq
 
     main = one(method, t1, progress)
     main["timings"]["data"] = timings["data"]
-    main["timings"]["total"] = sum(v for k, v in main["timings"].items() if k != "step_size")
+    main["timings"]["compile"] = timings["compile"]
+    # step_size is part of stage1; compile is one-off JIT work, reported on its own
+    main["timings"]["total"] = sum(v for k, v in main["timings"].items()
+                                   if k not in ("step_size", "compile"))
     record = {
         **task.info(),
         "n1": n1, "n2": n2, "n_test": n_test, "width": int(width),
         "loss": loss if isinstance(loss, str) else getattr(loss, "name", "custom"),
         "activation": activation,
         "stage2_activation": stage2_activation or activation,
-        "backend": be.name, "dtype": dt.name, "threads": threads,
+        "backend": be.name, "dtype": dt.name, "threads": be.describe().get("threads", threads),
         "data_mode": mode,
         **main,
     }
@@ -562,7 +577,8 @@ def train(task, n1=None, n2=None, n_test=None, *, width=256, t1="auto", loss="sq
         record["baselines"] = {}
         if not (method == "layerwise" and t1 == 1):
             b1 = one("layerwise", 1, False)
-            record["baselines"]["one_step"] = {k: v for k, v in b1.items() if k != "history"}
+            record["baselines"]["one_step"] = {**{k: v for k, v in b1.items()
+                                                  if k != "history"}, "method": "one_step"}
         if method != "spectral":
             bs = one("spectral", 0, False)
             record["baselines"]["spectral"] = {k: v for k, v in bs.items() if k != "history"}

@@ -17,7 +17,8 @@ from typing import Callable, Union
 
 import numpy as np
 
-from .errors import MimfastInputError, check_dtype, check_int
+from .errors import (MimfastInputError, available_memory_bytes, check_dtype, check_int,
+                     human_bytes)
 
 CHUNK_ROWS = 1024
 STREAMS = {"stage1": 1, "stage2": 2, "test": 3, "init": 4}
@@ -147,6 +148,12 @@ class MultiIndexTask:
                 or self.noise < 0:
             raise MimfastInputError(f"noise={self.noise!r} must be a finite number >= 0")
         self.seed = check_int(self.seed, "seed", 0)
+        avail = available_memory_bytes()
+        if avail is not None and 3 * 8 * self.d * self.r > avail:
+            raise MimfastInputError(
+                f"d={self.d} is too large: the subspace U alone needs "
+                f"{human_bytes(8 * self.d * self.r)} (three times that to build); "
+                "pass a smaller d")
         self.g = make_link(self.link, self.r)
         rng = np.random.default_rng([self.seed, 0])
         q, _ = np.linalg.qr(rng.standard_normal((self.d, self.r)))
@@ -158,7 +165,12 @@ class MultiIndexTask:
 
     def labels(self, X, rng=None):
         """g(UX) (+ noise when rng is given), float64."""
-        y = self.g(np.asarray(X, dtype=np.float64) @ self.U.T)
+        y = np.asarray(self.g(np.asarray(X, dtype=np.float64) @ self.U.T), dtype=np.float64)
+        if y.shape != (X.shape[0],):
+            raise MimfastInputError(
+                f"target link {self.g.name!r} returned shape {y.shape} for z of shape "
+                f"({X.shape[0]}, {self.r}); it must return one label per row, shape "
+                f"({X.shape[0]},)")
         if rng is not None and self.noise > 0:
             y = y + self.noise * rng.standard_normal(y.shape[0])
         return y

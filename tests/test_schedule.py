@@ -190,6 +190,9 @@ def test_cli_run_writes_json(tmp_path):
     rec = json.loads(out.read_text())
     assert rec["n1"] == 2000 and rec["width"] == 16 and rec["backend"] == "numpy"
     assert set(rec["baselines"]) == {"one_step", "spectral"}
+    assert rec["baselines"]["one_step"]["method"] == "one_step"
+    assert rec["baselines"]["spectral"]["eta"] is None  # undefined -> null, not NaN
+    assert "NaN" not in out.read_text()
 
 
 @pytest.mark.parametrize("args, match", [
@@ -203,6 +206,9 @@ def test_cli_run_writes_json(tmp_path):
     (["--d", "16", "--n1", "10", "--width", "32"], "smaller than width=32"),
     (["--d", "200000", "--n1", "2000000", "--data", "materialise"], "needs"),
     (["--width", "abc"], "expected an integer"),
+    (["--n-test", "1"], "n_test=1 must be >= 2"),
+    (["--json", "/"], "is a directory"),
+    (["--d", "64", "--n1", "1000000000000"], "need at least"),
 ])
 def test_cli_errors_are_one_line_exit_2(args, match):
     p = _cli("run", "--backend", "numpy", *args) if "--backend" not in args else _cli("run", *args)

@@ -116,7 +116,7 @@ def test_plan_memory_uses_the_real_streamed_block():
     assert plan_memory(d, n, n, 65536, np.float32, width, "stream", budget) == "stream"
     assert need < 2 ** 30  # the old estimate (32768 rows x d x 16 B = 4 GiB) was far off
     # ... and below the minimum the error says how much is needed
-    with pytest.raises(MimfastInputError, match="needs at least"):
+    with pytest.raises(MimfastInputError, match="need at least"):
         plan_memory(d, n, n, 65536, np.float32, width, "stream", 64 * 2 ** 20)
 
 
