@@ -135,6 +135,38 @@ def normalise_config(cfg):
     return c
 
 
+def check_configs(configs, workers=None):
+    """Reject nonsense before any work (in the parent, before a worker starts).
+
+    An empty list, ``workers < 1`` and an unknown target, loss, backend or
+    dtype raise ``MimfastInputError`` naming the value and the choices.  Other
+    per-configuration problems (say n1 < width) stay per-row failures.
+    """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise MimfastInputError(f"--workers={workers!r} must be a positive integer")
+    if not configs:
+        raise MimfastInputError("the sweep grid is empty: every axis needs at least one value "
+                                "(check the list flags, e.g. --d, --ratios, --seeds)")
+    from .backends import BACKENDS
+    from .errors import check_choice, check_dtype
+    from .losses import LOSSES
+    from .tasks import LINKS
+    for cfg in configs:
+        if not isinstance(cfg, dict):
+            raise MimfastInputError(f"a sweep configuration must be a dict, got {cfg!r}")
+        target = cfg.get("target", CONFIG_DEFAULTS["target"])
+        if isinstance(target, str):
+            check_choice(target, LINKS, "target")
+        loss = cfg.get("loss", CONFIG_DEFAULTS["loss"])
+        if isinstance(loss, str) and ":" not in loss:
+            check_choice(loss, LOSSES, "loss")
+        backend = cfg.get("backend", CONFIG_DEFAULTS["backend"])
+        if isinstance(backend, str):
+            check_choice(backend, BACKENDS, "backend")
+        check_dtype(cfg.get("dtype", CONFIG_DEFAULTS["dtype"]))
+
+
 def run_key(cfg):
     """Stable short hash of a configuration (what a re-run uses to skip finished rows)."""
     c = normalise_config(cfg)
@@ -528,7 +560,11 @@ def run_sweep(configs, store=None, *, client=None, workers=None, scheduler=None,
     ``workers``/``scheduler`` choose the engine; none of them: in-process.
     ``threads``: threads per task (1 by default; the same value everywhere
     gives identical records).  ``on_record(rec)`` is called as each finishes.
+    Nonsense (an empty grid, ``workers < 1``, an unknown target, loss, backend
+    or dtype) raises ``MimfastInputError`` before anything runs (``check_configs``).
     """
+    configs = list(configs)
+    check_configs(configs, workers)
     if store is not None and not isinstance(store, ResultStore):
         store = ResultStore(store)
     keyed = []

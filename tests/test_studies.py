@@ -149,3 +149,48 @@ def test_rerun_skips_finished_runs(quick_report, capsys):
                "--no-progress"])
     assert rc == 0
     assert os.path.getmtime(quick_report / "t1" / "records.json") == before
+    text = (quick_report / "REPORT.md").read_text()
+    assert "runs were resumed" in text and "Training took" in text and "0.0 min" not in text
+
+
+def test_report_says_when_figures_are_skipped(quick_report, monkeypatch):
+    import mimfast.studies as studies
+    monkeypatch.setattr(studies, "have_matplotlib", lambda: False)
+    studies.write_report(str(quick_report), "cmd")
+    assert "Figures skipped" in (quick_report / "REPORT.md").read_text()
+    monkeypatch.undo()
+    studies.write_report(str(quick_report), "cmd")
+    assert "Figures skipped" not in (quick_report / "REPORT.md").read_text()
+
+
+def test_seeds_note_single_seed_has_no_error_bars():
+    from mimfast.studies.common import seeds_note
+    one = [{"status": "ok", "d": 8, "t1": t, "seed": 0} for t in (1, 2)]
+    assert seeds_note(one) == "single seed (no error bars)"
+    two = one + [{"status": "ok", "d": 8, "t1": 1, "seed": 1}]
+    assert seeds_note(two) == "mean ± sd over seeds"
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--out", "FILE"], "--out .* is a file, not a folder"),
+    (["--out", "FILE/sub"], "--out .* is a file, not a folder"),
+    (["--seeds", "0"], "--seeds=0 must be >= 1"),
+    (["--seeds", "-2"], "--seeds=-2 must be >= 1"),
+    (["--workers", "0"], "--workers=0 must be >= 1"),
+    (["--backend", "bogus"], "backend='bogus' is unknown"),
+    (["--target", "bogus"], "target='bogus' is unknown"),
+    (["--d", ","], "--d is empty"),
+])
+def test_reproduce_rejects_bad_flags_before_any_work(tmp_path, capsys, flags, match):
+    import re
+    from mimfast.cli import main
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    flags = [str(afile) if f == "FILE" else str(afile) + "/sub" if f == "FILE/sub" else f
+             for f in flags]
+    out = ["--out", str(tmp_path / "out")] if "--out" not in flags else []
+    rc = main(["reproduce", "t1", "--quick", "--no-progress", *out, *flags])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(match, err[0]), err
+    assert afile.read_text() == "keep me" and not (tmp_path / "out").exists()

@@ -155,3 +155,23 @@ def test_cli_reports_missing_dask(monkeypatch, tmp_path, capsys):
                "--no-progress"])
     assert rc == 2
     assert "mimfast[dask]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"configs": []}, "grid is empty"),
+    ({"configs": grid(BASE, seed=[])}, "grid is empty"),
+    ({"workers": 0}, "workers=0 must be a positive integer"),
+    ({"workers": -3}, "workers=-3 must be a positive integer"),
+    ({"configs": [dict(BASE, target="nope")]}, "target='nope' is unknown"),
+    ({"configs": [dict(BASE, loss="nope")]}, "loss='nope' is unknown"),
+    ({"configs": [dict(BASE, backend="nope")]}, "backend='nope' is unknown"),
+    ({"configs": [dict(BASE, dtype="int8")]}, "dtype='int8' is not supported"),
+])
+def test_sweep_rejects_nonsense_before_running(kwargs, match, monkeypatch):
+    calls = []
+    monkeypatch.setattr(sweep, "run_one", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(sweep, "dask_client", lambda *a, **k: calls.append(a))
+    configs = kwargs.pop("configs", [dict(BASE)])
+    with pytest.raises(MimfastInputError, match=match):
+        run_sweep(configs, progress=False, **kwargs)
+    assert calls == []

@@ -13,7 +13,8 @@ is computed from the data:
 
 Defaults finish on 2 cores in at most about 10 minutes per study and 25 for
 ``all`` (measured on a loaded 2-core machine, one thread per training);
-``--quick`` is a CI smoke test (under a minute); ``--d``, ``--seeds`` and the
+``--quick`` is a CI smoke test (a few seconds per study, about 35 s for ``all``);
+``--d``, ``--seeds`` and the
 per-study flags scale up.  A re-run with the same ``--out`` reuses finished
 runs and only redoes the analysis.  ``--workers N`` runs the sweep on a Dask LocalCluster,
 ``--scheduler ADDRESS`` on an existing cluster; the records are identical to
@@ -26,10 +27,11 @@ import argparse
 import datetime
 import json
 import os
+import sys
 import time
 
 from .baselines import BaselinesStudy
-from .common import command_line, versions
+from .common import FIGURES_SKIPPED, command_line, have_matplotlib, versions
 from .loss import LossStudy
 from .negative import NegativeStudy
 from .samples import SamplesStudy
@@ -45,7 +47,7 @@ __all__ = ["STUDIES", "ORDER", "register", "reproduce", "write_report"]
 def _add_common(p):
     p.add_argument("--out", default="report", help="output folder (default ./report)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny sizes for CI (about a minute); not evidence")
+                   help="tiny sizes for CI (a few seconds per study, ~35 s for all); not evidence")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds per configuration (error bars; default per study)")
     p.add_argument("--width", type=int, default=None, help="neurons (default per study)")
@@ -93,18 +95,45 @@ def _study_args(name, args):
     return ns
 
 
+def check_out_dir(path):
+    """Fail before any work if ``--out`` cannot be (or become) a writable folder."""
+    from ..errors import MimfastInputError
+    full = os.path.abspath(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise MimfastInputError(f"--out {path!r} is a file, not a folder; give a folder path "
+                                "(it is created if missing)")
+    probe = full
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise MimfastInputError(f"--out {path!r}: {probe!r} is a file, not a folder; give a "
+                                "folder path (it is created if missing)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise MimfastInputError(f"--out {path!r}: {probe!r} is not writable; give a folder "
+                                "you can write to")
+
+
 def _check(args):
     from ..errors import MimfastInputError
     for name in ("seeds", "width", "threads", "workers"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise MimfastInputError(f"--{name}={v} must be >= 1")
+    check_out_dir(args.out)
+    from ..backends import BACKENDS
+    from ..errors import check_choice, check_dtype
+    check_choice(args.backend, BACKENDS, "--backend")
+    check_dtype(args.dtype, "--dtype")
 
 
 def reproduce(studies, args):
     """Run the named studies with one engine, then (re)write OUT/REPORT.md."""
-    from ..sweep import dask_client
+    from ..sweep import check_configs, dask_client
     _check(args)
+    for name in studies:  # every grid checked here, before a worker or a run starts
+        check_configs(STUDIES[name].configs(_study_args(name, args)), args.workers)
+    if not have_matplotlib():
+        print(FIGURES_SKIPPED, file=sys.stderr, flush=True)
     os.makedirs(args.out, exist_ok=True)
     if not getattr(args, "command_line", None):
         p = argparse.ArgumentParser(add_help=False)
@@ -135,6 +164,27 @@ def cmd_reproduce(args):
     return 0
 
 
+def _duration(seconds):
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _timing_line(now, command, total_s, found):
+    """How long the training took (from the records) and whether runs were resumed."""
+    train_s = sum(s.get("compute_s", 0) for _, s, _ in found)
+    runs = sum(s.get("runs", 0) for _, s, _ in found)
+    reused = sum(s.get("reused", 0) for _, s, _ in found)
+    line = f"Generated {now} by `{command}`. Training took {_duration(train_s)} in total"
+    if reused:
+        line += (f" (summed over the records); {reused} of {runs} runs were resumed from an "
+                 "earlier invocation with the same --out")
+        if total_s is not None:
+            line += f", so this invocation took only {_duration(total_s)}"
+        return line + "."
+    if total_s is not None:
+        line += f"; this invocation took {_duration(total_s)}"
+    return line + " (finished runs are reused when the command is repeated)."
+
+
 def write_report(out, command, total_s=None):
     """OUT/REPORT.md from every study section found under OUT (canonical order)."""
     found = []
@@ -159,10 +209,11 @@ def write_report(out, command, total_s=None):
              "Zhang, Wang, Fu, Lee (arXiv 2511.15120). Two-layer networks trained layer-wise on "
              "Gaussian multi-index models y = g(Ux); every number below is computed from the "
              "runs stored next to this file.", "",
-             f"Generated {now} by `{command}`"
-             + (f" in {total_s / 60:.1f} min" if total_s is not None else "")
-             + f"; the runs below hold {sum(s.get('compute_s', 0) for _, s, _ in found) / 60:.1f} "
-               "min of training (finished runs are reused when the command is repeated).", ""]
+             _timing_line(now, command, total_s, found), ""]
+    if not have_matplotlib():
+        lines += [f"> **Figures skipped:** matplotlib is not installed; "
+                  "`pip install -e '.[bench]'` and repeat the command (finished runs are "
+                  "reused) to draw them.", ""]
     if any(s.get("quick") for _, s, _ in found):
         lines += ["> **Quick mode** (`--quick`): tiny sizes for a smoke test. The numbers "
                   "below are not evidence for or against the paper.", ""]

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..cli import int_list
 from ..sweep import grid
-from .common import (Section, Study, base_config, fmt, fmt_pm, md_table, mean_std, new_figure,
+from .common import (Section, Study, base_config, seeds_note, fmt, fmt_pm, md_table, mean_std, new_figure,
                      ok_records, pick, save_figure, seeds_of, value, verdict)
 
 METHODS = (("layerwise", "", "layerwise (auto T₁)"),
@@ -88,8 +88,9 @@ class BaselinesStudy(Study):
         lines = [md_table(header, rows), "",
                  "Stage-1 time is the time to produce the first layer (layerwise: step size + "
                  "T₁ steps; spectral: forming Σ̂_ℓ and eigh); stage 2 is the same ridge fit for "
-                 "all three. Single-threaded tasks. Errors: mean ± sd over seeds; times: "
-                 "median over seeds (the machine is shared, so times are noisy)."]
+                 "all three. Single-threaded tasks. Errors: " + seeds_note(recs) + "; times: "
+                 + ("median over seeds" if seeds_note(recs) != "single seed (no error bars)"
+                    else "one run each") + " (the machine is shared, so times are noisy)."]
         d = ds[-1]
         s = summary["per_d"][d]
         # fixed costs dominate at small d: fit the exponent on the three largest d

@@ -107,6 +107,19 @@ def fmt(v, digits=3):
     return str(v)
 
 
+def seeds_note(records, spread="mean ± sd over seeds"):
+    """``spread`` when some configuration has more than one seed, else 'single seed (no error bars)'."""
+    per = {}
+    for r in records:
+        if r.get("status") == "ok":
+            key = tuple((k, str(v)) for k, v in sorted(r.items())
+                        if k in ("d", "t1", "n1", "target", "loss", "variant", "method", "width"))
+            per.setdefault(key, set()).add(r.get("seed"))
+    if per and max(len(v) for v in per.values()) > 1:
+        return spread
+    return "single seed (no error bars)"
+
+
 def fmt_pm(m, s, digits=3):
     if not math.isfinite(m):
         return "n/a"
@@ -128,6 +141,18 @@ def verdict(ok):
 # ---------------------------------------------------------------------------
 # figures (Agg canvas directly: no global backend switch)
 # ---------------------------------------------------------------------------
+FIGURES_SKIPPED = "figures skipped: matplotlib is not installed; pip install -e '.[bench]'"
+
+
+def have_matplotlib():
+    """True when figures can be drawn (matplotlib importable)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def new_figure(ncols=1, nrows=1, width=5.2, height=3.8):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -252,7 +277,9 @@ class Study:
         os.makedirs(outdir, exist_ok=True)
         cfgs = self.configs(args)
         t0 = time.perf_counter()
-        records = run_sweep(cfgs, ResultStore(os.path.join(outdir, "records")), client=client,
+        store = ResultStore(os.path.join(outdir, "records"))
+        prior = {k for k in store.records if store.finished(k)}
+        records = run_sweep(cfgs, store, client=client,
                             workers=None if client is not None else args.workers,
                             scheduler=None if client is not None else args.scheduler,
                             threads=args.threads, progress=args.progress, desc=self.name)
@@ -304,6 +331,7 @@ class Study:
                    "summary": section.summary, "figures": section.figures,
                    "runs": len(records), "failed": len(failed), "sweep_s": sweep_s,
                    "compute_s": sum(float(r.get("wall_s") or 0.0) for r in records),
+                   "reused": sum(r.get("run_key") in prior for r in records),
                    "command": cmd, "quick": bool(getattr(args, "quick", False)),
                    "summary_md": section.summary_md}
         with open(os.path.join(outdir, "summary.json"), "w") as fh:
@@ -313,12 +341,18 @@ class Study:
 
 def seeds_of(args, default, quick=1):
     n = args.seeds if args.seeds is not None else (quick if args.quick else default)
+    if int(n) < 1:
+        from ..errors import MimfastInputError
+        raise MimfastInputError(f"--seeds={n} must be >= 1")
     return list(range(int(n)))
 
 
 def pick(args, name, default, quick):
     """A list/value flag: the user's value, else the quick or full default."""
     v = getattr(args, name, None)
+    if isinstance(v, (list, tuple)) and not v:
+        from ..errors import MimfastInputError
+        raise MimfastInputError(f"--{name.replace('_', '-')} is empty; give at least one value")
     if v is not None:
         return v
     return quick if args.quick else default

@@ -8,7 +8,8 @@ import os
 from ..cli import int_list
 from ..sweep import grid
 from .common import (Section, Study, base_config, crossing, fmt, md_table, mean_std,
-                     new_figure, ok_records, pick, save_figure, seeds_of, verdict)
+                     new_figure, ok_records, pick, save_figure, seeds_note, seeds_of,
+                     verdict)
 
 RATIOS = [0.5, 1, 2, 4, 8, 16]
 
@@ -188,7 +189,7 @@ class SamplesStudy(Study):
             axes[0][1].set_title("same data vs n/d")
             figs.append((save_figure(fig, os.path.join(outdir, "samples_recovery.png")),
                          "Largest principal-angle sine vs n/(d ln d) (left) and n/d (right), "
-                         "one curve per d, mean ± sd over seeds; the dotted line is the "
+                         "one curve per d, " + seeds_note(recs) + "; the dotted line is the "
                          f"{thr:g} threshold (" + ", ".join(
                              f"d={d}: {_q(q, summary['per_d'][d]['ratio_sin_exact'], ratios)}"
                              for d, q in zip(ds, qs)) + ")."))

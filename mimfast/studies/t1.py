@@ -10,7 +10,7 @@ from ..schedule import auto_t1
 from ..sweep import grid
 from .common import (Section, Study, base_config, errorbar, fmt, fmt_pm, group, md_table,
                      mean_std, mean_vector, new_figure, ok_records, pick, save_figure,
-                     seeds_of, verdict)
+                     seeds_note, seeds_of, verdict)
 
 T1_VALUES = [0, 1, 2, 3, 4, 6, 8, 12, 16, 24]
 
@@ -75,7 +75,7 @@ class T1Study(Study):
         lines.append(md_table(["d", "n₁", "error at T₁=1", "best T₁ (error)",
                                "largest T₁ (error)", "auto T₁ (error)"], rows))
         lines.append("")
-        lines.append("Errors are relative test MSE (MSE / Var y), mean ± sd over seeds.")
+        lines.append(f"Errors are relative test MSE (MSE / Var y), {seeds_note(recs)}.")
 
         # ---- headline at the largest d ----------------------------------
         d = ds[-1]
@@ -145,7 +145,8 @@ class T1Study(Study):
             ax.set_yscale("log")
             ax.set_xlabel("stage-1 steps T₁")
             ax.set_ylabel("relative test MSE (MSE / Var y)")
-            ax.set_title(f"{args.target}: error vs T₁ (n = {args.c:g}·d·ln d; ±sd over seeds)")
+            ax.set_title(f"{args.target}: error vs T₁ (n = {args.c:g}·d·ln d; "
+                         f"{seeds_note(recs, '±sd over seeds')})")
             ax.legend()
             figs.append((save_figure(fig, os.path.join(outdir, "t1_error.png")),
                          f"Test error vs T₁ for each d: the curve is U-shaped — T₁=1 at "
