@@ -20,6 +20,11 @@ In one process, on one set of arrays:
    Numba), the implementations interleaved round by round so that a noisy
    neighbour hurts all of them alike.
 
+The read and the square sgemm are timed again inside every row's rounds (so a
+load change during the run moves the ceiling and the kernels alike): a row's
+roofline uses that row's read bandwidth and the best sgemm rate seen (in the
+row, or at the kernel's shapes at the start).
+
 Roofline time = max(bytes of X / stream bandwidth, flops / compute ceiling),
 with flops = 4 n d m for the stage-1 gradient and 2 n d m + 2 n m^2 for the
 stage-2 Gram.  ``frac roofline`` = roofline time / measured time (1.0 = at
@@ -190,6 +195,26 @@ def sampler_rates(d, dtype="float32", rows=4096, repeats=3, threads=None):
     return per
 
 
+def roofline_probes(X, A):
+    """Zero-argument probes of read bandwidth and sgemm, timed with a row's kernels."""
+    probes = {}
+    read = _numba_read()
+    if read is not None:
+        probes["_probe_read"] = lambda: read(X)
+    probes["_probe_sgemm"] = lambda: A @ A
+    return probes
+
+
+def bw_probe(X, times, probes):
+    if "_probe_read" not in probes:
+        return 0.0
+    return X.nbytes / statistics.median(times["_probe_read"])
+
+
+def sq_probe(A, times):
+    return 2e-9 * A.shape[0] ** 3 / statistics.median(times["_probe_sgemm"])
+
+
 def blas_info():
     from threadpoolctl import threadpool_info
     keep = ("user_api", "internal_api", "version", "architecture", "num_threads",
@@ -326,6 +351,7 @@ def run_bench(ds, widths, dtypes=("float32",), backends=("numba", "numpy"), n=No
             log(f"skipped backend {k}: {v}")
     for dtype in dtypes:
         peak_sq = square_sgemm(dtype, square)
+        square_A = np.random.default_rng(2).standard_normal((square, square)).astype(dtype)
         for d in ds:
             nn = n or default_n(d, dtype)
             X, y = make_problem(d, nn, max(widths), dtype)
@@ -364,18 +390,31 @@ def run_bench(ds, widths, dtypes=("float32",), backends=("numba", "numpy"), n=No
                         fns.update(peers)
                         if peer_label:
                             result["peers"] = peer_label
-                    times = time_interleaved(fns, repeats)
+                    # the machine's limits again, inside the same rounds, so a load
+                    # change between the start and this row moves both alike
+                    probes = roofline_probes(X, square_A)
+                    times = time_interleaved({**fns, **probes}, repeats)
+                    bw_row = max(bw_probe(X, times, probes), 0.0)
+                    peak_row = sq_probe(square_A, times)
+                    bw_use = bw_row or bw
+                    peak_use = max(peak_row, peak) if peak_row else peak
+                    # the ceiling of this row: the best sgemm seen now or at the start,
+                    # the read bandwidth measured in this row's rounds
                     t_ref = statistics.median(times["numpy"])
                     fl = flops(kernel, nn, d, m)
-                    roof = max(X.nbytes / bw, fl / (peak * 1e9))
+                    roof = max(X.nbytes / bw_use, fl / (peak_use * 1e9))
                     for impl, ts in times.items():
+                        if impl.startswith("_probe"):
+                            continue
                         med = statistics.median(ts)
                         row = {"kernel": kernel, "impl": impl, "d": d, "width": m, "n": nn,
                                "dtype": dtype, "median_s": med, "times_s": ts,
                                "GBps": X.nbytes / med / 1e9, "GFLOPs": fl / med / 1e9,
                                "roofline_s": roof,
-                               "roofline_bound": "memory" if X.nbytes / bw >= fl / (peak * 1e9)
-                               else "compute",
+                               "roofline_bound": "memory" if X.nbytes / bw_use
+                               >= fl / (peak_use * 1e9) else "compute",
+                               "row_stream_GBps": bw_use / 1e9,
+                               "row_ceiling_GFLOPs": peak_use,
                                "frac_roofline": roof / med, "x_numpy": t_ref / med,
                                "reference_only": impl == "numpy" and "numpy" not in names}
                         result["rows"].append(row)
