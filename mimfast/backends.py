@@ -57,8 +57,8 @@ class Backend:
         """Context in which kernels run (thread limits)."""
         if self.threads is None:
             return contextlib.nullcontext()
-        from threadpoolctl import threadpool_limits
-        return threadpool_limits(self.threads, user_api="blas")
+        from .metrics import blas_limit
+        return blas_limit(self.threads)
 
     # -- kernels -----------------------------------------------------------
     def stage1_grad(self, X, y, W, a, b, loss="square", delta=1.0, offset=0.0,
@@ -135,12 +135,12 @@ class NumbaBackend(Backend):
 
     def scope(self):
         import numba
-        from threadpoolctl import threadpool_limits
+        from .metrics import blas_limit
 
         threads = self.threads or numba.config.NUMBA_NUM_THREADS
         threads = min(threads, numba.config.NUMBA_NUM_THREADS)
         stack = contextlib.ExitStack()
-        stack.enter_context(threadpool_limits(1, user_api="blas"))
+        stack.enter_context(blas_limit(1))
         previous = numba.get_num_threads()
         numba.set_num_threads(threads)
         stack.callback(numba.set_num_threads, previous)
