@@ -311,13 +311,34 @@ def torch_peers(X, y, W1, a, b1):
 
 
 # ---------------------------------------------------------------------- the bench
+MIN_REPEATS = 5
+
+
+def check_bench_inputs(ds, widths, n=None, repeats=MIN_REPEATS, threads=None):
+    """Reject bad sizes before anything is allocated (MimfastInputError naming the argument)."""
+    if not ds or any(int(d) < 1 for d in ds):
+        raise MimfastInputError(f"--d={','.join(map(str, ds))}: every d must be >= 1; "
+                                "pass e.g. --d 512,2048")
+    if not widths or any(int(m) < 1 for m in widths):
+        raise MimfastInputError(f"--width={','.join(map(str, widths))}: every width must be "
+                                ">= 1 (even: +/- pairs); pass e.g. --width 8,64")
+    if n is not None and int(n) < 1:
+        raise MimfastInputError(f"--n={n}: rows must be >= 1; pass --n 1024 or more, or "
+                                "leave it out for the default (X about 512 MiB)")
+    if int(repeats) < MIN_REPEATS:
+        raise MimfastInputError(f"--repeats={repeats}: quote a median of at least "
+                                f"{MIN_REPEATS} runs; pass --repeats {MIN_REPEATS} or more")
+    if threads is not None and int(threads) < 1:
+        raise MimfastInputError(f"--threads={threads}: must be >= 1; pass --threads 1 or "
+                                "more, or leave it out for all cores")
+
+
 def run_bench(ds, widths, dtypes=("float32",), backends=("numba", "numpy"), n=None,
               kernels=KERNELS, repeats=5, threads=None, torch_peer=True, log=print,
               sampler=True, square=2048):
     """Measure the machine, then every kernel x backend; returns a dict (JSON-able)."""
     from .backends import get_backend
-    if repeats < 5:
-        raise MimfastInputError(f"--repeats={repeats}: quote a median of at least 5 runs")
+    check_bench_inputs(ds, widths, n, repeats, threads)
     bes, skipped = [], {}
     for name in backends:
         try:
@@ -345,10 +366,6 @@ def run_bench(ds, widths, dtypes=("float32",), backends=("numba", "numpy"), n=No
         result["machine"]["numba"] = numba.__version__
     except ImportError:
         pass
-    if log:
-        log(f"BLAS: {result['machine']['blas_kernel']}")
-        for k, v in skipped.items():
-            log(f"skipped backend {k}: {v}")
     for dtype in dtypes:
         peak_sq = square_sgemm(dtype, square)
         square_A = np.random.default_rng(2).standard_normal((square, square)).astype(dtype)
@@ -369,17 +386,8 @@ def run_bench(ds, widths, dtypes=("float32",), backends=("numba", "numpy"), n=No
             if sampler:
                 lim["sampler_ns_per_element"] = sampler_rates(d, dtype, threads=threads)
             result["limits"].append(lim)
-            if log and sampler:
-                sr = lim["sampler_ns_per_element"]
-                log(f"d={d}: drawing rows {sr['task.sample']:.2f} ns/element with numpy's "
-                    f"generator, {sr['sample_rows']:.2f} with the fast sampler "
-                    f"({sr['fast_filler']} filler; identical rows)")
-            if log:
-                log(f"d={d} n={nn} {dtype}: X {X.nbytes / 2**20:.0f} MiB, stream read "
-                    f"{bw / 1e9:.1f} GB/s ({how}), sgemm square {peak_sq:.0f} GFLOP/s, "
-                    "at step shapes " + ", ".join(
-                        f"m={m}: {r['step']:.0f}" for m, r in lim["sgemm_at_shape"].items())
-                    + f" -> ceiling {peak:.0f} GFLOP/s")
+            if log:  # progress only: the numbers are in the table printed at the end
+                log(f"measured machine limits at d={d} n={nn} {dtype}")
             for m in widths:
                 W1, a, b1, W2, b2 = params(d, m, dtype)
                 for kernel in kernels:
@@ -418,10 +426,8 @@ def run_bench(ds, widths, dtypes=("float32",), backends=("numba", "numpy"), n=No
                                "frac_roofline": roof / med, "x_numpy": t_ref / med,
                                "reference_only": impl == "numpy" and "numpy" not in names}
                         result["rows"].append(row)
-                    if log:
-                        log(format_rows([r for r in result["rows"] if r["kernel"] == kernel
-                                         and r["d"] == d and r["width"] == m
-                                         and r["dtype"] == dtype], header=False))
+                    if log:  # progress only: the table is printed once, at the end
+                        log(f"timed {kernel} d={d} m={m} {dtype}")
             del X, y
     return result
 
@@ -456,6 +462,8 @@ def format_result(res):
             out.append(f"  drawing rows at d={lim['d']}: numpy generator "
                        f"{sr['task.sample']:.2f} ns/element, fast sampler "
                        f"{sr['sample_rows']:.2f} ns/element ({sr['fast_filler']})")
+    for k, v in res["machine"].get("skipped_backends", {}).items():
+        out.append(f"skipped backend {k}: {v}")
     if res.get("peers"):
         out.append(f"peers: {res['peers']} (plain PyTorch, for comparison only)")
     out.append(format_rows(res["rows"]))
@@ -482,9 +490,11 @@ def register(subparsers):
     p.add_argument("--kernel", type=str_list, default=list(KERNELS),
                    help="stage1_grad, stage2_gram")
     p.add_argument("--n", type=positive_int, default=None,
-                   help="rows (default: X about 512 MiB, within the memory budget)")
-    p.add_argument("--repeats", type=positive_int, default=5)
-    p.add_argument("--threads", type=positive_int, default=None)
+                   help="rows, >= 1 (default: X about 512 MiB, within the memory budget)")
+    p.add_argument("--repeats", type=positive_int, default=MIN_REPEATS,
+                   help=f"timed calls per implementation; the median is quoted "
+                        f"(minimum {MIN_REPEATS}, default {MIN_REPEATS})")
+    p.add_argument("--threads", type=positive_int, default=None, help="(>= 1; default: all)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     p.add_argument("--no-sampler", action="store_true",
                    help="skip timing the row sampler (data generation)")
@@ -499,10 +509,10 @@ def cmd_bench(args):
     for k in args.kernel:
         if k not in KERNELS:
             raise MimfastInputError(f"--kernel {k!r} is unknown; choose from {', '.join(KERNELS)}")
+    check_bench_inputs(args.d, args.width, args.n, args.repeats, args.threads)
     if any(m < 2 or m % 2 for m in args.width):
-        raise MimfastInputError("--width values must be even and >= 2 (+/- pairs)")
-    if any(d < 1 for d in args.d):
-        raise MimfastInputError("--d values must be >= 1")
+        raise MimfastInputError(f"--width={','.join(map(str, args.width))}: values must be "
+                                "even and >= 2 (+/- pairs); pass e.g. --width 8,64")
     res = run_bench(args.d, args.width, args.dtype, args.backend, args.n, args.kernel,
                     args.repeats, args.threads, not args.no_torch,
                     log=lambda s: print(s, file=sys.stderr, flush=True),

@@ -223,7 +223,7 @@ class Store:
         return key in self.keys
 
     def add(self, row):
-        line = json.dumps(row, default=_plain) + "\n"
+        line = _dumps(row) + "\n"
         with open(self.log, "ab") as fh:
             # a torn line left by an earlier kill must not swallow this one
             if fh.tell() > 0:
@@ -245,11 +245,9 @@ class Store:
         for r in sorted(rows, key=lambda r: (r["d"], r["seed"])):
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
         _atomic_write(os.path.join(self.out, "scaling.csv"), buf.getvalue())
-        _atomic_write(os.path.join(self.out, "scaling.json"),
-                      json.dumps(rows, indent=1, default=_plain))
+        _atomic_write(os.path.join(self.out, "scaling.json"), _dumps(rows, indent=1))
         if summary is not None:
-            _atomic_write(os.path.join(self.out, "summary.json"),
-                          json.dumps(summary, indent=1, default=_plain))
+            _atomic_write(os.path.join(self.out, "summary.json"), _dumps(summary, indent=1))
 
 
 def _plain(o):
@@ -257,6 +255,23 @@ def _plain(o):
         return o.item()
     except AttributeError:
         return str(o)
+
+
+def _finite_or_none(o):
+    """JSON has no NaN/inf: undefined numbers are written as null."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite_or_none(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_or_none(v) for v in o]
+    return o
+
+
+def _dumps(obj, indent=None):
+    """Strict JSON (no NaN/inf anywhere: they become null)."""
+    plain = json.loads(json.dumps(obj, default=_plain))
+    return json.dumps(_finite_or_none(plain), indent=indent, allow_nan=False)
 
 
 def _atomic_write(path, text):
@@ -269,8 +284,20 @@ def _atomic_write(path, text):
 
 
 # ---------------------------------------------------------------------- analysis
+CI_NA = "CI n/a (needs >= 3 d values)"
+
+
+def _has_ci(fit):
+    return all(isinstance(fit.get(k), (int, float)) and math.isfinite(fit[k])
+               for k in ("ci_low", "ci_high"))
+
+
 def fit_exponent(ds, ts, level=0.95):
-    """OLS slope of log t on log d with a t-distribution confidence interval."""
+    """OLS slope of log t on log d with a t-distribution confidence interval.
+
+    The interval needs at least 3 distinct d values; otherwise ci_low/ci_high are
+    NaN in memory and null in the JSON files.
+    """
     import numpy as np
     x = np.log(np.asarray(ds, dtype=float))
     y = np.log(np.asarray(ts, dtype=float))
@@ -281,7 +308,7 @@ def fit_exponent(ds, ts, level=0.95):
     coef, *_ = np.linalg.lstsq(A, y, rcond=None)
     slope, icpt = float(coef[0]), float(coef[1])
     dof = x.size - 2
-    if dof > 0:
+    if dof > 0 and len(set(x.tolist())) >= 3:  # two d values: a line, no honest CI
         from scipy import stats
         resid = y - A @ coef
         s2 = float(resid @ resid) / dof
@@ -353,9 +380,10 @@ def plot(rows, summary, path):
     fit = summary["total"]
     if math.isfinite(fit["exponent"]):
         xx = np.geomspace(ds.min(), ds.max(), 50)
+        ci = (f"[{fit['ci_low']:.2f}, {fit['ci_high']:.2f}] 95% CI" if _has_ci(fit)
+              else CI_NA)
         ax.loglog(xx, np.exp(fit["intercept"]) * xx ** fit["exponent"], "k-",
-                  label=f"fit: d^{fit['exponent']:.2f} "
-                        f"[{fit['ci_low']:.2f}, {fit['ci_high']:.2f}] 95% CI")
+                  label=f"fit: d^{fit['exponent']:.2f} {ci}")
         t0 = np.exp(fit["intercept"]) * ds.min() ** fit["exponent"]
         for k, ls in ((2, "--"), (3, ":")):
             ax.loglog(xx, t0 * (xx / ds.min()) ** k, "0.5", ls=ls, label=f"slope {k}")
@@ -371,7 +399,9 @@ def plot(rows, summary, path):
     ax.axhline(1 / 1.5, color="0.6", ls="--", lw=0.8)
     ax.set_xlabel("d")
     ax.set_ylabel("cost per unit of work (rel. to smallest d)")
-    ax.set_title(f"total / (n d m (T1+1)); spread {summary['cost_per_work_spread']:.2f}x")
+    ax.set_title(f"total / (n d m (T1+1)); spread {summary['cost_per_work_spread']:.2f}x\n"
+                 "point labels = data mode: held = rows held in memory, "
+                 "streamed = redrawn each pass", fontsize=9)
     ax.set_ylim(0, max(2.0, float(np.max(cost / cost[0])) * 1.1))
     for t in per_d:
         ax.annotate(_mode_label(t["data_mode"]), (t["d"], t["cost_per_work_ns"] / cost[0]),
@@ -396,6 +426,14 @@ def plot(rows, summary, path):
     os.replace(tmp, path)
 
 
+FIGURE_SKIPPED = "figure skipped: matplotlib is not installed; pip install -e '.[bench]'"
+
+
+def matplotlib_missing():
+    import importlib.util
+    return importlib.util.find_spec("matplotlib") is None
+
+
 def _mode_label(mode):
     return {"materialise": "held", "stream": "streamed"}.get(mode, mode.replace("stream:", "str:"))
 
@@ -413,8 +451,9 @@ def format_summary(summary):
                      f"{t['sin_theta_max']:>8.4f} {rss:>9}")
     f = summary.get("total")
     if f:
+        ci = (f"95% CI {f['ci_low']:.3f} .. {f['ci_high']:.3f}" if _has_ci(f) else CI_NA)
         lines.append(f"fitted exponent of total time vs d: {f['exponent']:.3f} "
-                     f"(95% CI {f['ci_low']:.3f} .. {f['ci_high']:.3f}, {f['points']} runs)")
+                     f"({ci}, {f['points']} runs)")
         lines.append(f"cost per unit of work (total / (n1 d width (T1+1))): max/min over d = "
                      f"{summary['cost_per_work_spread']:.2f}x")
     return "\n".join(lines)
@@ -498,7 +537,11 @@ def _sweep(store, ds, seeds, out, settings, isolate, progress, runner, plot_path
     summary["failures"] = failures
     store.write_views(rows, summary)
     if plot_path and rows:
-        plot(rows, summary, os.path.join(out, plot_path))
+        if matplotlib_missing():
+            if log:
+                log(FIGURE_SKIPPED)
+        else:
+            plot(rows, summary, os.path.join(out, plot_path))
     return rows, summary
 
 
@@ -551,31 +594,80 @@ def _terminate_as_interrupt(signum, frame):
     raise KeyboardInterrupt  # unwinds subprocess.run, which kills the point process
 
 
-def cmd_scale(args):
-    import signal
+def check_scale_args(args):
+    """Validate every setting in this process before any point starts.
+
+    Returns (sorted distinct d values, memory budget in bytes or None, notes);
+    raises MimfastInputError (one line naming the argument and the fix).
+    """
+    notes = []
     if not args.d or any(d < 2 for d in args.d):
-        raise MimfastInputError("--d needs a comma-separated list of dimensions >= 2")
+        raise MimfastInputError("--d needs a comma-separated list of dimensions >= 2; "
+                                "pass e.g. --d 512,1024,2048")
+    ds = sorted(set(args.d))
+    if len(ds) < len(args.d):
+        dup = sorted({d for d in args.d if args.d.count(d) > 1})
+        notes.append(f"note: --d lists {','.join(map(str, dup))} more than once; "
+                     f"each d is run once (d = {','.join(map(str, ds))})")
     if not (args.c > 0 and math.isfinite(args.c)):
-        raise MimfastInputError(f"--c={args.c} must be a positive number")
-    from .backends import resolve_name
+        raise MimfastInputError(f"--c={args.c} must be a positive number; pass e.g. --c 4")
+    for name, v in (("seeds", args.seeds), ("width", args.width), ("r", args.r),
+                    ("n-test", args.n_test), ("power-iters", args.power_iters),
+                    ("threads", args.threads)):
+        if v is not None and v < 1:
+            raise MimfastInputError(f"--{name}={v} must be >= 1; pass --{name} 1 or more")
+    if args.t1 != "auto" and args.t1 < 1:
+        raise MimfastInputError(f"--t1={args.t1} must be >= 1 or 'auto'")
+    if args.timeout is not None and not (args.timeout > 0 and math.isfinite(args.timeout)):
+        raise MimfastInputError(f"--timeout={args.timeout} must be a positive number of "
+                                "seconds per point; pass e.g. --timeout 600, or leave it out "
+                                "for no limit")
+    budget = args.memory_budget
+    if budget is not None:
+        if not (budget > 0 and math.isfinite(budget)):
+            raise MimfastInputError(f"--memory-budget={budget} must be positive (bytes, or "
+                                    "GiB if < 1024); pass e.g. --memory-budget 8, or leave "
+                                    "it out for 60% of the free memory")
+        budget = int(budget * 2 ** 30) if budget < 1024 else int(budget)
+    if not (math.isfinite(args.noise) and args.noise >= 0):
+        raise MimfastInputError(f"--noise={args.noise} must be a finite number >= 0")
+    from .activations import check_activation
+    from .backends import get_backend
+    from .errors import check_dtype
+    from .losses import get_loss
+    from .tasks import MultiIndexTask
+    check_dtype(args.dtype, "--dtype")
+    check_activation(args.activation, argname="--activation")
+    get_loss(args.loss)
+    # the target, r and noise exactly as a point builds them (smallest d)
+    MultiIndexTask(d=ds[0], r=args.r, link=args.target, noise=args.noise, seed=0)
+    get_backend(args.backend, args.threads)  # unknown or unavailable (cupy without GPU)
     if args.data not in ("auto", "auto-point"):
         from .data import streamed_sources
         streamed_sources(args.data)  # validates
-    budget = args.memory_budget
-    if budget is not None:
-        budget = int(budget * 2 ** 30) if budget < 1024 else int(budget)
+    from .schedule import LayerwiseRegressor
+    LayerwiseRegressor(width=args.width, t1=args.t1, loss=args.loss,
+                       activation=args.activation, dtype=args.dtype)._validate(
+        ds[0], n_for(ds[0], args.c))
+    return ds, budget, notes
+
+
+def cmd_scale(args):
+    import signal
+    ds, budget, notes = check_scale_args(args)
+    for note in notes:
+        print(note, file=sys.stderr)
+    from .backends import resolve_name
+    plot_path = None if args.no_plot else "scaling.png"
+    if plot_path and matplotlib_missing():
+        print(FIGURE_SKIPPED, file=sys.stderr)
+        plot_path = None
     settings = {"c": args.c, "width": args.width, "t1": args.t1, "target": args.target,
                 "r": args.r, "noise": args.noise, "loss": args.loss,
                 "activation": args.activation, "backend": resolve_name(args.backend),
                 "dtype": args.dtype, "threads": args.threads, "data": args.data,
                 "memory_budget": budget, "n_test": args.n_test,
                 "power_iters": args.power_iters}
-    # validate cheaply before a long sweep
-    from .schedule import LayerwiseRegressor
-    LayerwiseRegressor(width=args.width, t1=args.t1, loss=args.loss,
-                       activation=args.activation, dtype=args.dtype)._validate(
-        min(args.d), n_for(min(args.d), args.c))
-    ds = sorted(set(args.d))
     if threading_main():
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     rows, summary = sweep(ds, list(range(args.seeds)), args.out, settings,
@@ -583,11 +675,11 @@ def cmd_scale(args):
                           progress=False if args.no_progress else None,
                           runner=None if args.timeout is None else
                           (lambda cfg: run_point_isolated(cfg, args.timeout)),
-                          plot_path=None if args.no_plot else "scaling.png")
+                          plot_path=plot_path)
     print(format_summary(summary))
     print(f"data mode for the sweep: {summary.get('data_setting')}")
     print(f"wrote {os.path.join(args.out, 'scaling.csv')}, scaling.json, summary.json"
-          + ("" if args.no_plot or not rows else ", scaling.png"))
+          + ("" if plot_path is None or not rows else ", scaling.png"))
     if summary.get("failures"):
         for f in summary["failures"]:
             print(f"failed: {f}", file=sys.stderr)

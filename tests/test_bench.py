@@ -77,13 +77,32 @@ def test_cli_bench_json(tmp_path):
                         "--no-torch", "--json", str(out)],
                        capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr
-    assert "frac roof" in p.stdout
+    assert p.stdout.count("frac roof") == 1  # the table once, on stdout
+    assert "frac roof" not in p.stderr and "stage1_grad  numpy" not in p.stderr
     rec = json.loads(out.read_text())
     assert [r["impl"] for r in rec["rows"]] == ["numpy"]
     assert rec["machine"]["blas"]
 
 
+def test_too_few_repeats_says_the_fix():
+    with pytest.raises(MimfastInputError, match="pass --repeats 5 or more"):
+        bench.run_bench([16], [2], repeats=3, log=None)
+
+
+@pytest.mark.parametrize("kw, match", [({"n": 0}, "--n=0"), ({"n": -5}, "--n=-5"),
+                                       ({"ds": [0]}, "--d=0"), ({"widths": [0]}, "--width=0"),
+                                       ({"threads": 0}, "--threads=0")])
+def test_bad_sizes_are_rejected(kw, match):
+    args = {"ds": [16], "widths": [2], "n": None, "repeats": 5, "threads": None, **kw}
+    with pytest.raises(MimfastInputError, match=match):
+        bench.check_bench_inputs(**args)
+
+
 @pytest.mark.parametrize("args, match", [(["--width", "3"], "even"),
+                                         (["--n", "0"], "--n=0: rows must be >= 1"),
+                                         (["--n", "-1"], "--n=-1"),
+                                         (["--d", "0"], "--d=0"),
+                                         (["--repeats", "3"], "pass --repeats 5 or more"),
                                          (["--kernel", "nope"], "unknown"),
                                          (["--dtype", "int8"], "not supported")])
 def test_cli_bench_errors(args, match):

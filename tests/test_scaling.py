@@ -194,3 +194,73 @@ def test_resume_keeps_the_planned_data_mode(tmp_path, monkeypatch):
                             scaling.run_point(c, warm=False), progress=False, log=None)
     assert seen == ["materialise"] and len(rows) == 3
     assert {r["data_mode"] for r in rows} == {"materialise"}
+
+
+def _scale_args(*argv):
+    from mimfast.cli import build_parser
+    return build_parser().parse_args(["scale", *argv])
+
+
+def test_two_d_values_write_no_nan(tmp_path):
+    rows, summary = scaling.sweep([16, 32], [0], str(tmp_path), SETTINGS, isolate=False,
+                                  progress=False, log=None)
+    assert len(rows) == 2
+    for name in ("scaling.json", "summary.json", "runs.jsonl"):
+        text = (tmp_path / name).read_text()
+        assert "NaN" not in text and "Infinity" not in text, name
+        for line in (text.splitlines() if name.endswith("jsonl") else [text]):
+            json.loads(line, parse_constant=lambda c: pytest.fail(f"{name}: {c}"))
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["total"]["ci_low"] is None and s["total"]["ci_high"] is None
+    assert math.isfinite(s["total"]["exponent"])
+    text = scaling.format_summary(summary)
+    assert "CI n/a (needs >= 3 d values)" in text and "nan" not in text
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--seeds", "0"], "--seeds=0"), (["--timeout", "0"], "--timeout=0"),
+    (["--timeout", "-1"], "--timeout=-1"), (["--memory-budget", "-1"], "--memory-budget=-1"),
+    (["--memory-budget", "0"], "--memory-budget=0"), (["--target", "bogus"], "bogus"),
+    (["--loss", "nope"], "nope"), (["--activation", "nope"], "nope"),
+    (["--backend", "nope"], "nope"), (["--dtype", "int8"], "int8"),
+    (["--r", "0"], "--r=0"), (["--width", "5"], "even")])
+def test_scale_arguments_are_checked_up_front(argv, match):
+    from mimfast.errors import MimfastInputError
+    with pytest.raises(MimfastInputError, match=match):
+        scaling.check_scale_args(_scale_args("--d", "16", *argv))
+
+
+def test_repeated_d_values_run_once():
+    ds, budget, notes = scaling.check_scale_args(
+        _scale_args("--d", "32,16,32", "--backend", "numpy", "--memory-budget", "2"))
+    assert ds == [16, 32] and budget == 2 * 2 ** 30 and "more than once" in notes[0]
+
+
+def test_cli_scale_bad_target_exits_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "o"
+    p = subprocess.run([sys.executable, "-m", "mimfast", "scale", "--d", "64", "--target",
+                        "bogus", "--out", str(out)], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and "bogus" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_cli_scale_unavailable_backend_exits_2(tmp_path):
+    from mimfast.backends import gpu_status
+    if gpu_status()[0]:
+        pytest.skip("a GPU is visible here: cupy is available")
+    out = tmp_path / "o"
+    p = subprocess.run([sys.executable, "-m", "mimfast", "scale", "--d", "64", "--backend",
+                        "cupy", "--out", str(out)], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and "cupy" in p.stderr and not out.exists()
+
+
+def test_missing_matplotlib_skips_the_figure(tmp_path, monkeypatch):
+    monkeypatch.setattr(scaling, "matplotlib_missing", lambda: True)
+    msgs = []
+    rows, _ = scaling.sweep([16], [0], str(tmp_path), SETTINGS, isolate=False,
+                            progress=False, log=msgs.append)
+    assert rows and (tmp_path / "scaling.csv").exists() and (tmp_path / "summary.json").exists()
+    assert not (tmp_path / "scaling.png").exists()
+    assert any(m.startswith("figure skipped: matplotlib is not installed") for m in msgs)
