@@ -1247,8 +1247,29 @@ def _lanes_of(dtype):
 
 def choose_path(m, d=None, dtype=np.float32):
     """The path the kernels use by default for width ``m``: the register-tile
-    "loops" kernels up to ``GEMM_MIN_WIDTH`` columns, per-block BLAS above."""
+    "loops" kernels up to ``GEMM_MIN_WIDTH`` columns, per-block BLAS above.
+
+    For wide *and* tall problems (d >= ``BLAS_MIN_D`` with m >= 128) the per-block
+    GEMMs get too few rows to reach sgemm speed (a cache-sized block of d = 8192
+    rows is ~128 rows) and measured 0.56-0.76x numpy; there stage 1 uses two
+    whole-matrix, multi-threaded BLAS products ("blas": two reads of X, but at
+    sgemm rate) -- it is then numpy's own speed, never slower."""
+    if d is not None and d >= BLAS_MIN_D and m >= 128:
+        return "blas"
     return "loops" if m < GEMM_MIN_WIDTH else "gemm"
+
+
+#: input dimension from which wide stage-1 problems use whole-matrix BLAS
+BLAS_MIN_D = 4096
+
+
+def _stage1_blas(X, y, W, a, b, loss, delta, offset, activation_name, parallel):
+    from threadpoolctl import threadpool_limits
+
+    from . import reference
+    threads = numba.get_num_threads() if parallel else 1
+    with threadpool_limits(threads, user_api="blas"):
+        return reference.stage1_grad(X, y, W, a, b, loss, delta, offset, activation_name)
 
 
 #: width from which per-block BLAS ("gemm") is the default (measured on the
@@ -1256,9 +1277,13 @@ def choose_path(m, d=None, dtype=np.float32):
 GEMM_MIN_WIDTH = 256
 
 
-def _resolve_path(path, m, d, dtype):
+def _resolve_path(path, m, d, dtype, stage1=False):
     if path is None:
-        return choose_path(m, d, dtype)
+        p = choose_path(m, d, dtype)
+        # only stage 1 has a whole-matrix BLAS variant; the others stay fused
+        return p if (stage1 or p != "blas") else ("loops" if m < GEMM_MIN_WIDTH else "gemm")
+    if path == "blas" and stage1:
+        return path
     if path not in _PATHS:
         raise ValueError(f"path: unknown {path!r}; choose None or one of {_PATHS}")
     return path
@@ -1384,7 +1409,9 @@ def stage1_grad(X, y, W, a, b, loss="square", delta=1.0, offset=0.0,
                                    np.zeros(1, X.dtype), loss, delta, offset, activation_name,
                                    path=path, parallel=parallel)
         return G[:, :0], mean_loss
-    p = _resolve_path(path, m, d, X.dtype)
+    p = _resolve_path(path, m, d, X.dtype, stage1=True)
+    if p == "blas":
+        return _stage1_blas(X, y, W, a, b, loss, delta, offset, activation_name, parallel)
     bounds = _thread_bounds(n, n * d * m, parallel)
     T = bounds.shape[0] - 1
     Fy = np.zeros((T, 1))

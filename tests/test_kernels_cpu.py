@@ -114,6 +114,18 @@ def test_serial_variant_and_auto_path():
     f = cpu.predict(X, W, a, b, "logcosh", parallel=False)
     assert rel(f, ref.predict(X, W, a, b, "logcosh")) < 1e-11
     assert cpu.choose_path(8) == "loops" and cpu.choose_path(4096) == "gemm"
+    assert cpu.choose_path(128, d=8192) == "blas" and cpu.choose_path(32, d=8192) == "loops"
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-5), (np.float64, 1e-11)])
+def test_stage1_whole_matrix_blas_path(dtype, tol):
+    X, y, W, a, b = make_problem(301, 17, 6, dtype, seed=5)
+    Gr, Lr = ref.stage1_grad(X, y, W, a, b, "huber", 0.5, 0.1)
+    G, L = cpu.stage1_grad(X, y, W, a, b, "huber", 0.5, 0.1, path="blas")
+    assert G.dtype == dtype and rel(G, Gr) < tol and abs(L - Lr) < tol
+    # stage 2 / predict have no such variant: "blas" is a stage-1 path only
+    with pytest.raises(ValueError, match="path"):
+        cpu.stage2_gram(X, y, W, b, "logcosh", path="blas")
 
 
 def test_zero_width():
