@@ -22,7 +22,9 @@ RTOL = {np.float32: 2e-5, np.float64: 1e-11}
 # and odd d, m = 2, m not a multiple of the vector width (16 float32 /
 # 8 float64), the narrow two-k-per-vector layout (m <= 8 float32, m <= 4
 # float64), a last column panel that is half used, several panels (m large),
-# several super-blocks and float64 folds in one chunk (n = 5003, d = 8).
+# several super-blocks and float64 folds in one chunk (n = 5003, d = 8); the
+# narrow layout with whole 12-pair k tiles plus leftover pairs and an odd d,
+# over several 48-row sub-blocks of the outer-product kB (n = 211, d = 53).
 SHAPES = [
     (5, 3, 2),
     (37, 1, 2),
@@ -31,6 +33,8 @@ SHAPES = [
     (1001, 64, 70),
     (250, 30, 140),
     (5003, 8, 5),
+    (211, 53, 6),
+    (130, 29, 3),
 ]
 
 
