@@ -80,7 +80,7 @@ _JIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
 _ROWS = 12            # register-tile rows of the "loops" micro-kernels
 _FLUSH_ROWS = 2048    # rows summed in the working dtype before the float64 fold
-_L2_BYTES = 768 * 1024  # budget for a super-block of X rows (kept in L2)
+_L2_BYTES = 1536 * 1024  # budget for a super-block of X rows (kept in L2)
 _SUB_ROWS = 48        # rows per outer-product kB sweep (measured best of 24-192 at d = 2048)
 
 
