@@ -1453,12 +1453,14 @@ def choose_path(m, d=None, dtype=np.float32):
     """The path the kernels use by default for width ``m``: the register-tile
     "loops" kernels up to ``GEMM_MIN_WIDTH`` columns, per-block BLAS above.
 
-    For wide *and* tall problems (d >= ``BLAS_MIN_D`` with m >= 128) the per-block
+    For wide *and* tall problems (d >= ``BLAS_MIN_D`` with m >= 256) the per-block
     GEMMs get too few rows to reach sgemm speed (a cache-sized block of d = 8192
-    rows is ~128 rows) and measured 0.56-0.76x numpy; there stage 1 uses two
+    rows is ~48 rows) and the register tiles reload a 1 MiB weight panel per 12
+    rows: at d = 8192 "loops" / "gemm" / "blas" measured 1092 / 1270 / 845 ms
+    (m = 512) but 261 / 324 / 266 ms (m = 128).  There stage 1 uses two
     whole-matrix, multi-threaded BLAS products ("blas": two reads of X, but at
     sgemm rate) -- it is then numpy's own speed, never slower."""
-    if d is not None and d >= BLAS_MIN_D and m >= 128:
+    if d is not None and d >= BLAS_MIN_D and m >= 256:
         return "blas"
     return "loops" if m < GEMM_MIN_WIDTH else "gemm"
 

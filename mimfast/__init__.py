@@ -15,6 +15,14 @@ __version__ = "0.1.0"
 # libgomp loads; an explicit user setting wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# The other way round: OpenBLAS's own threads spin for ~2^28 cycles after each
+# call, and a Numba kernel started in that window shares the cores with them
+# (stage 1 at d = 2048, m = 32 measured 61 ms alone, 114 ms right after a numpy
+# sgemm).  2^4 cycles makes them sleep at once; waking them costs microseconds
+# per BLAS call.  Read when OpenBLAS loads, so import mimfast before numpy for
+# it to apply; an explicit user setting wins.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 # In an installed wheel the top-level ``kernels/`` folder lives at
 # ``mimfast/kernels``.  When mimfast is imported straight from a source checkout
 # (e.g. `python -m mimfast` run from the repository root after a non-editable
