@@ -241,6 +241,7 @@ def collect_info():
         info["cupy"] = "not installed"
     info["targets"] = list(LINKS)
     info["env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                              "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY",
                                               "NUMBA_NUM_THREADS", "OMP_NUM_THREADS")
                    if k in os.environ}
     return info
