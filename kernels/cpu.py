@@ -121,18 +121,34 @@ def _as_intp(context, builder, val, ty):
     return context.cast(builder, val, ty, types.intp)
 
 
+def _ptr_at(context, builder, sig, args):
+    """Pointer to A[i, j] for an intrinsic called as f(A, i, j, ...)."""
+    return _elem_ptr2(context, builder, sig.args[0], args[0],
+                      _as_intp(context, builder, args[1], sig.args[1]),
+                      _as_intp(context, builder, args[2], sig.args[2]))
+
+
+def _broadcast(builder, lt, x, lanes):
+    """The scalar x in every lane of an LLVM vector of type lt."""
+    v = builder.insert_element(ir.Constant(lt, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+    return builder.shuffle_vector(v, ir.Constant(lt, ir.Undefined), mask)
+
+
+def _is_float_c2d(A):
+    return (isinstance(A, types.Array) and A.ndim == 2 and A.layout == "C"
+            and isinstance(A.dtype, types.Float))
+
+
 @intrinsic
 def vload(typingctx, A, i, j):
     """Vector A[i, j:j+L] of a C-contiguous 2-D float array (unaligned)."""
-    if not (isinstance(A, types.Array) and A.ndim == 2 and A.layout == "C"
-            and isinstance(A.dtype, types.Float)):
+    if not _is_float_c2d(A):
         return None
     vt = _vec_of(A.dtype)
 
     def codegen(context, builder, sig, args):
-        p = _elem_ptr2(context, builder, sig.args[0], args[0],
-                       _as_intp(context, builder, args[1], sig.args[1]),
-                       _as_intp(context, builder, args[2], sig.args[2]))
+        p = _ptr_at(context, builder, sig, args)
         lt = context.get_value_type(vt)
         return builder.load(builder.bitcast(p, lt.as_pointer()), align=A.dtype.bitwidth // 8)
     return vt(A, i, j), codegen
@@ -146,9 +162,7 @@ def vstore(typingctx, A, i, j, v):
         return None
 
     def codegen(context, builder, sig, args):
-        p = _elem_ptr2(context, builder, sig.args[0], args[0],
-                       _as_intp(context, builder, args[1], sig.args[1]),
-                       _as_intp(context, builder, args[2], sig.args[2]))
+        p = _ptr_at(context, builder, sig, args)
         lt = context.get_value_type(sig.args[3])
         builder.store(args[3], builder.bitcast(p, lt.as_pointer()), align=A.dtype.bitwidth // 8)
         return context.get_dummy_value()
@@ -163,11 +177,7 @@ def vsplat(typingctx, x):
     vt = _vec_of(x)
 
     def codegen(context, builder, sig, args):
-        lt = context.get_value_type(vt)
-        v = builder.insert_element(ir.Constant(lt, ir.Undefined), args[0],
-                                   ir.Constant(ir.IntType(32), 0))
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), [0] * vt.lanes)
-        return builder.shuffle_vector(v, ir.Constant(lt, ir.Undefined), mask)
+        return _broadcast(builder, context.get_value_type(vt), args[0], vt.lanes)
     return vt(x), codegen
 
 
@@ -219,36 +229,26 @@ def vadd(typingctx, a, b):
 def vsplat1(typingctx, A, i, j):
     """A[i, j] broadcast to all lanes, addressed without negative-index
     wrap-around (so that A[i, k0 + c] for constant c folds into one base)."""
-    if not (isinstance(A, types.Array) and A.ndim == 2 and A.layout == "C"
-            and isinstance(A.dtype, types.Float)):
+    if not _is_float_c2d(A):
         return None
     vt = _vec_of(A.dtype)
 
     def codegen(context, builder, sig, args):
-        p = _elem_ptr2(context, builder, sig.args[0], args[0],
-                       _as_intp(context, builder, args[1], sig.args[1]),
-                       _as_intp(context, builder, args[2], sig.args[2]))
-        lt = context.get_value_type(vt)
+        p = _ptr_at(context, builder, sig, args)
         x = builder.load(p, align=A.dtype.bitwidth // 8)
-        v = builder.insert_element(ir.Constant(lt, ir.Undefined), x,
-                                   ir.Constant(ir.IntType(32), 0))
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), [0] * vt.lanes)
-        return builder.shuffle_vector(v, ir.Constant(lt, ir.Undefined), mask)
+        return _broadcast(builder, context.get_value_type(vt), x, vt.lanes)
     return vt(A, i, j), codegen
 
 
 @intrinsic
 def vsplat2(typingctx, A, i, j):
     """(A[i, j], A[i, j+1]) repeated over all lanes (one 64-bit broadcast)."""
-    if not (isinstance(A, types.Array) and A.ndim == 2 and A.layout == "C"
-            and isinstance(A.dtype, types.Float)):
+    if not _is_float_c2d(A):
         return None
     vt = _vec_of(A.dtype)
 
     def codegen(context, builder, sig, args):
-        p = _elem_ptr2(context, builder, sig.args[0], args[0],
-                       _as_intp(context, builder, args[1], sig.args[1]),
-                       _as_intp(context, builder, args[2], sig.args[2]))
+        p = _ptr_at(context, builder, sig, args)
         et = context.get_value_type(A.dtype)
         pair = builder.load(builder.bitcast(p, ir.VectorType(et, 2).as_pointer()),
                             align=A.dtype.bitwidth // 8)
