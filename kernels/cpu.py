@@ -516,7 +516,8 @@ def fast_logcosh(x):
 # Narrow widths (m <= L/2, e.g. m <= 8 in float32) would leave half of every
 # vector idle; the "s2" kernels put 2 consecutive k in one vector instead
 # (lane 2j+t <-> column j, k parity t; X pairs loaded with one 64-bit
-# broadcast), so every lane does useful work.
+# broadcast), so every lane does useful work (kA and the stage-2 Gram; the
+# narrow stage-1 kB is the transposed form, see _pass_Bt_rows).
 # kB (used by the Gram of stage 2) reloads and stores its G row for every
 # 12-row tile.  Stage 1 uses kBr instead, the outer-product form: a 12-k x NB
 # tile of G stays in registers while _SUB_ROWS rows stream past, so G traffic
@@ -859,52 +860,6 @@ def _kBr_12x1(X, r0, nr, P, G, q, k0):
     vstore(G, kq + 11, 0 * L, g11_0)
 
 @njit(**_JIT)
-def _kBr_12s2(X, r0, nr, P, G2, kp0):
-    """Narrow widths, outer-product form: G2[kp0+c] += sum_r X[r0+r, 2(kp0+c)+t] P[r]
-    for c < 12 (P holds each P[r, j] twice: lanes 2j, 2j+1)."""
-    g0 = vload(G2, kp0 + 0, 0)
-    g1 = vload(G2, kp0 + 1, 0)
-    g2 = vload(G2, kp0 + 2, 0)
-    g3 = vload(G2, kp0 + 3, 0)
-    g4 = vload(G2, kp0 + 4, 0)
-    g5 = vload(G2, kp0 + 5, 0)
-    g6 = vload(G2, kp0 + 6, 0)
-    g7 = vload(G2, kp0 + 7, 0)
-    g8 = vload(G2, kp0 + 8, 0)
-    g9 = vload(G2, kp0 + 9, 0)
-    g10 = vload(G2, kp0 + 10, 0)
-    g11 = vload(G2, kp0 + 11, 0)
-    k = 2 * kp0
-    for r in range(nr):
-        p = vload(P, r, 0)
-        i = r0 + r
-        g0 = vfma(vsplat2(X, i, k + 0), p, g0)
-        g1 = vfma(vsplat2(X, i, k + 2), p, g1)
-        g2 = vfma(vsplat2(X, i, k + 4), p, g2)
-        g3 = vfma(vsplat2(X, i, k + 6), p, g3)
-        g4 = vfma(vsplat2(X, i, k + 8), p, g4)
-        g5 = vfma(vsplat2(X, i, k + 10), p, g5)
-        g6 = vfma(vsplat2(X, i, k + 12), p, g6)
-        g7 = vfma(vsplat2(X, i, k + 14), p, g7)
-        g8 = vfma(vsplat2(X, i, k + 16), p, g8)
-        g9 = vfma(vsplat2(X, i, k + 18), p, g9)
-        g10 = vfma(vsplat2(X, i, k + 20), p, g10)
-        g11 = vfma(vsplat2(X, i, k + 22), p, g11)
-    vstore(G2, kp0 + 0, 0, g0)
-    vstore(G2, kp0 + 1, 0, g1)
-    vstore(G2, kp0 + 2, 0, g2)
-    vstore(G2, kp0 + 3, 0, g3)
-    vstore(G2, kp0 + 4, 0, g4)
-    vstore(G2, kp0 + 5, 0, g5)
-    vstore(G2, kp0 + 6, 0, g6)
-    vstore(G2, kp0 + 7, 0, g7)
-    vstore(G2, kp0 + 8, 0, g8)
-    vstore(G2, kp0 + 9, 0, g9)
-    vstore(G2, kp0 + 10, 0, g10)
-    vstore(G2, kp0 + 11, 0, g11)
-
-
-@njit(**_JIT)
 def _kBr_tail(X, r0, nr, P, G, q, k0, nv):
     """The last G rows k0 <= k < d of panel q (fewer than 12), one k at a time,
     four row accumulators so that the FMA chains overlap."""
@@ -930,38 +885,6 @@ def _kBr_tail(X, r0, nr, P, G, q, k0, nv):
 
 
 @njit(**_JIT)
-def _kBr_s2_tail(X, r0, nr, P, G2, kp0):
-    """The s2 rows not covered by 12-pair tiles: pairs kp0 <= kp < d//2, then the
-    single-parity row of an odd d."""
-    d = X.shape[1]
-    nkp = d // 2
-    z = vzeros(G2)
-    n4 = nr - nr % 4
-    for kp in range(kp0, nkp + d % 2):
-        pair = kp < nkp
-        k = 2 * kp
-        a0 = z; a1 = z; a2 = z; a3 = z
-        for r in range(0, n4, 4):
-            i = r0 + r
-            if pair:
-                a0 = vfma(vsplat2(X, i, k), vload(P, r, 0), a0)
-                a1 = vfma(vsplat2(X, i + 1, k), vload(P, r + 1, 0), a1)
-                a2 = vfma(vsplat2(X, i + 2, k), vload(P, r + 2, 0), a2)
-                a3 = vfma(vsplat2(X, i + 3, k), vload(P, r + 3, 0), a3)
-            else:
-                a0 = vfma(vsplat1(X, i, k), vload(P, r, 0), a0)
-                a1 = vfma(vsplat1(X, i + 1, k), vload(P, r + 1, 0), a1)
-                a2 = vfma(vsplat1(X, i + 2, k), vload(P, r + 2, 0), a2)
-                a3 = vfma(vsplat1(X, i + 3, k), vload(P, r + 3, 0), a3)
-        for r in range(n4, nr):
-            if pair:
-                a0 = vfma(vsplat2(X, r0 + r, k), vload(P, r, 0), a0)
-            else:
-                a0 = vfma(vsplat1(X, r0 + r, k), vload(P, r, 0), a0)
-        vstore(G2, kp, 0, vadd(vload(G2, kp, 0), vadd(vadd(a0, a1), vadd(a2, a3))))
-
-
-@njit(**_JIT)
 def _pass_B_rows(X, sb0, nr, P, Gp, last1):
     """G-panels += X[sb0:sb0+nr]^T @ P[:nr] in the outer-product form, rows in
     sub-blocks of _SUB_ROWS so that X's lines and P stay in L1 across k tiles."""
@@ -984,27 +907,153 @@ def _pass_B_rows(X, sb0, nr, P, Gp, last1):
 
 
 @njit(**_JIT)
-def _pass_B_s2_rows(X, sb0, nr, P, G2):
-    """Narrow widths: G2 += X[sb0:sb0+nr]^T @ P in the s2 layout (outer-product
-    form); P (first L/2 columns) is first spread to lanes 2j, 2j+1 in place."""
-    R = _ROWS
-    d = X.shape[1]
-    c = P.shape[1] // 2
+def _kBt_3x8(X, r0, nr, P, GT, k0):
+    """GT[:8, k0:k0+3L] += X[r0:r0+nr, k0:k0+3L]^T-products with P[:nr, :8]:
+    G^T tile of 3 k-vectors x 8 columns in registers over all nr rows."""
+    L = vlanes(GT)
+    g0_0 = vload(GT, 0, k0 + 0 * L); g0_1 = vload(GT, 1, k0 + 0 * L); g0_2 = vload(GT, 2, k0 + 0 * L); g0_3 = vload(GT, 3, k0 + 0 * L)
+    g0_4 = vload(GT, 4, k0 + 0 * L); g0_5 = vload(GT, 5, k0 + 0 * L); g0_6 = vload(GT, 6, k0 + 0 * L); g0_7 = vload(GT, 7, k0 + 0 * L)
+    g1_0 = vload(GT, 0, k0 + 1 * L); g1_1 = vload(GT, 1, k0 + 1 * L); g1_2 = vload(GT, 2, k0 + 1 * L); g1_3 = vload(GT, 3, k0 + 1 * L)
+    g1_4 = vload(GT, 4, k0 + 1 * L); g1_5 = vload(GT, 5, k0 + 1 * L); g1_6 = vload(GT, 6, k0 + 1 * L); g1_7 = vload(GT, 7, k0 + 1 * L)
+    g2_0 = vload(GT, 0, k0 + 2 * L); g2_1 = vload(GT, 1, k0 + 2 * L); g2_2 = vload(GT, 2, k0 + 2 * L); g2_3 = vload(GT, 3, k0 + 2 * L)
+    g2_4 = vload(GT, 4, k0 + 2 * L); g2_5 = vload(GT, 5, k0 + 2 * L); g2_6 = vload(GT, 6, k0 + 2 * L); g2_7 = vload(GT, 7, k0 + 2 * L)
     for r in range(nr):
-        for j in range(c - 1, -1, -1):
-            v = P[r, j]
-            P[r, 2 * j + 1] = v
-            P[r, 2 * j] = v
-    nkp = d // 2
-    kpend = nkp - nkp % R
-    for s0 in range(0, nr, _SUB_ROWS):
-        ns = min(_SUB_ROWS, nr - s0)
-        Ps = P[s0:s0 + ns]
-        for kp0 in range(0, kpend, R):
-            _kBr_12s2(X, sb0 + s0, ns, Ps, G2, kp0)
-        if kpend < nkp + d % 2:
-            _kBr_s2_tail(X, sb0 + s0, ns, Ps, G2, kpend)
+        i = r0 + r
+        x0 = vload(X, i, k0 + 0 * L); x1 = vload(X, i, k0 + 1 * L); x2 = vload(X, i, k0 + 2 * L)
+        p = vsplat1(P, r, 0)
+        g0_0 = vfma(x0, p, g0_0); g1_0 = vfma(x1, p, g1_0); g2_0 = vfma(x2, p, g2_0)
+        p = vsplat1(P, r, 1)
+        g0_1 = vfma(x0, p, g0_1); g1_1 = vfma(x1, p, g1_1); g2_1 = vfma(x2, p, g2_1)
+        p = vsplat1(P, r, 2)
+        g0_2 = vfma(x0, p, g0_2); g1_2 = vfma(x1, p, g1_2); g2_2 = vfma(x2, p, g2_2)
+        p = vsplat1(P, r, 3)
+        g0_3 = vfma(x0, p, g0_3); g1_3 = vfma(x1, p, g1_3); g2_3 = vfma(x2, p, g2_3)
+        p = vsplat1(P, r, 4)
+        g0_4 = vfma(x0, p, g0_4); g1_4 = vfma(x1, p, g1_4); g2_4 = vfma(x2, p, g2_4)
+        p = vsplat1(P, r, 5)
+        g0_5 = vfma(x0, p, g0_5); g1_5 = vfma(x1, p, g1_5); g2_5 = vfma(x2, p, g2_5)
+        p = vsplat1(P, r, 6)
+        g0_6 = vfma(x0, p, g0_6); g1_6 = vfma(x1, p, g1_6); g2_6 = vfma(x2, p, g2_6)
+        p = vsplat1(P, r, 7)
+        g0_7 = vfma(x0, p, g0_7); g1_7 = vfma(x1, p, g1_7); g2_7 = vfma(x2, p, g2_7)
+    vstore(GT, 0, k0 + 0 * L, g0_0); vstore(GT, 1, k0 + 0 * L, g0_1); vstore(GT, 2, k0 + 0 * L, g0_2); vstore(GT, 3, k0 + 0 * L, g0_3)
+    vstore(GT, 4, k0 + 0 * L, g0_4); vstore(GT, 5, k0 + 0 * L, g0_5); vstore(GT, 6, k0 + 0 * L, g0_6); vstore(GT, 7, k0 + 0 * L, g0_7)
+    vstore(GT, 0, k0 + 1 * L, g1_0); vstore(GT, 1, k0 + 1 * L, g1_1); vstore(GT, 2, k0 + 1 * L, g1_2); vstore(GT, 3, k0 + 1 * L, g1_3)
+    vstore(GT, 4, k0 + 1 * L, g1_4); vstore(GT, 5, k0 + 1 * L, g1_5); vstore(GT, 6, k0 + 1 * L, g1_6); vstore(GT, 7, k0 + 1 * L, g1_7)
+    vstore(GT, 0, k0 + 2 * L, g2_0); vstore(GT, 1, k0 + 2 * L, g2_1); vstore(GT, 2, k0 + 2 * L, g2_2); vstore(GT, 3, k0 + 2 * L, g2_3)
+    vstore(GT, 4, k0 + 2 * L, g2_4); vstore(GT, 5, k0 + 2 * L, g2_5); vstore(GT, 6, k0 + 2 * L, g2_6); vstore(GT, 7, k0 + 2 * L, g2_7)
 
+
+@njit(**_JIT)
+def _kBt_6x4(X, r0, nr, P, GT, k0):
+    """GT[:4, k0:k0+6L] += X[r0:r0+nr, k0:k0+6L]^T-products with P[:nr, :4]:
+    G^T tile of 6 k-vectors x 4 columns in registers over all nr rows."""
+    L = vlanes(GT)
+    g0_0 = vload(GT, 0, k0 + 0 * L); g0_1 = vload(GT, 1, k0 + 0 * L); g0_2 = vload(GT, 2, k0 + 0 * L); g0_3 = vload(GT, 3, k0 + 0 * L)
+    g1_0 = vload(GT, 0, k0 + 1 * L); g1_1 = vload(GT, 1, k0 + 1 * L); g1_2 = vload(GT, 2, k0 + 1 * L); g1_3 = vload(GT, 3, k0 + 1 * L)
+    g2_0 = vload(GT, 0, k0 + 2 * L); g2_1 = vload(GT, 1, k0 + 2 * L); g2_2 = vload(GT, 2, k0 + 2 * L); g2_3 = vload(GT, 3, k0 + 2 * L)
+    g3_0 = vload(GT, 0, k0 + 3 * L); g3_1 = vload(GT, 1, k0 + 3 * L); g3_2 = vload(GT, 2, k0 + 3 * L); g3_3 = vload(GT, 3, k0 + 3 * L)
+    g4_0 = vload(GT, 0, k0 + 4 * L); g4_1 = vload(GT, 1, k0 + 4 * L); g4_2 = vload(GT, 2, k0 + 4 * L); g4_3 = vload(GT, 3, k0 + 4 * L)
+    g5_0 = vload(GT, 0, k0 + 5 * L); g5_1 = vload(GT, 1, k0 + 5 * L); g5_2 = vload(GT, 2, k0 + 5 * L); g5_3 = vload(GT, 3, k0 + 5 * L)
+    for r in range(nr):
+        i = r0 + r
+        x0 = vload(X, i, k0 + 0 * L); x1 = vload(X, i, k0 + 1 * L); x2 = vload(X, i, k0 + 2 * L); x3 = vload(X, i, k0 + 3 * L); x4 = vload(X, i, k0 + 4 * L); x5 = vload(X, i, k0 + 5 * L)
+        p = vsplat1(P, r, 0)
+        g0_0 = vfma(x0, p, g0_0); g1_0 = vfma(x1, p, g1_0); g2_0 = vfma(x2, p, g2_0)
+        g3_0 = vfma(x3, p, g3_0); g4_0 = vfma(x4, p, g4_0); g5_0 = vfma(x5, p, g5_0)
+        p = vsplat1(P, r, 1)
+        g0_1 = vfma(x0, p, g0_1); g1_1 = vfma(x1, p, g1_1); g2_1 = vfma(x2, p, g2_1)
+        g3_1 = vfma(x3, p, g3_1); g4_1 = vfma(x4, p, g4_1); g5_1 = vfma(x5, p, g5_1)
+        p = vsplat1(P, r, 2)
+        g0_2 = vfma(x0, p, g0_2); g1_2 = vfma(x1, p, g1_2); g2_2 = vfma(x2, p, g2_2)
+        g3_2 = vfma(x3, p, g3_2); g4_2 = vfma(x4, p, g4_2); g5_2 = vfma(x5, p, g5_2)
+        p = vsplat1(P, r, 3)
+        g0_3 = vfma(x0, p, g0_3); g1_3 = vfma(x1, p, g1_3); g2_3 = vfma(x2, p, g2_3)
+        g3_3 = vfma(x3, p, g3_3); g4_3 = vfma(x4, p, g4_3); g5_3 = vfma(x5, p, g5_3)
+    vstore(GT, 0, k0 + 0 * L, g0_0); vstore(GT, 1, k0 + 0 * L, g0_1); vstore(GT, 2, k0 + 0 * L, g0_2); vstore(GT, 3, k0 + 0 * L, g0_3)
+    vstore(GT, 0, k0 + 1 * L, g1_0); vstore(GT, 1, k0 + 1 * L, g1_1); vstore(GT, 2, k0 + 1 * L, g1_2); vstore(GT, 3, k0 + 1 * L, g1_3)
+    vstore(GT, 0, k0 + 2 * L, g2_0); vstore(GT, 1, k0 + 2 * L, g2_1); vstore(GT, 2, k0 + 2 * L, g2_2); vstore(GT, 3, k0 + 2 * L, g2_3)
+    vstore(GT, 0, k0 + 3 * L, g3_0); vstore(GT, 1, k0 + 3 * L, g3_1); vstore(GT, 2, k0 + 3 * L, g3_2); vstore(GT, 3, k0 + 3 * L, g3_3)
+    vstore(GT, 0, k0 + 4 * L, g4_0); vstore(GT, 1, k0 + 4 * L, g4_1); vstore(GT, 2, k0 + 4 * L, g4_2); vstore(GT, 3, k0 + 4 * L, g4_3)
+    vstore(GT, 0, k0 + 5 * L, g5_0); vstore(GT, 1, k0 + 5 * L, g5_1); vstore(GT, 2, k0 + 5 * L, g5_2); vstore(GT, 3, k0 + 5 * L, g5_3)
+
+
+@njit(**_JIT)
+def _kBt_1x8(X, r0, nr, P, GT, k0):
+    """GT[:8, k0:k0+1L] += X[r0:r0+nr, k0:k0+1L]^T-products with P[:nr, :8]:
+    G^T tile of 1 k-vectors x 8 columns in registers over all nr rows."""
+    L = vlanes(GT)
+    g0_0 = vload(GT, 0, k0 + 0 * L); g0_1 = vload(GT, 1, k0 + 0 * L); g0_2 = vload(GT, 2, k0 + 0 * L); g0_3 = vload(GT, 3, k0 + 0 * L)
+    g0_4 = vload(GT, 4, k0 + 0 * L); g0_5 = vload(GT, 5, k0 + 0 * L); g0_6 = vload(GT, 6, k0 + 0 * L); g0_7 = vload(GT, 7, k0 + 0 * L)
+    for r in range(nr):
+        i = r0 + r
+        x0 = vload(X, i, k0 + 0 * L)
+        p = vsplat1(P, r, 0)
+        g0_0 = vfma(x0, p, g0_0)
+        p = vsplat1(P, r, 1)
+        g0_1 = vfma(x0, p, g0_1)
+        p = vsplat1(P, r, 2)
+        g0_2 = vfma(x0, p, g0_2)
+        p = vsplat1(P, r, 3)
+        g0_3 = vfma(x0, p, g0_3)
+        p = vsplat1(P, r, 4)
+        g0_4 = vfma(x0, p, g0_4)
+        p = vsplat1(P, r, 5)
+        g0_5 = vfma(x0, p, g0_5)
+        p = vsplat1(P, r, 6)
+        g0_6 = vfma(x0, p, g0_6)
+        p = vsplat1(P, r, 7)
+        g0_7 = vfma(x0, p, g0_7)
+    vstore(GT, 0, k0 + 0 * L, g0_0); vstore(GT, 1, k0 + 0 * L, g0_1); vstore(GT, 2, k0 + 0 * L, g0_2); vstore(GT, 3, k0 + 0 * L, g0_3)
+    vstore(GT, 4, k0 + 0 * L, g0_4); vstore(GT, 5, k0 + 0 * L, g0_5); vstore(GT, 6, k0 + 0 * L, g0_6); vstore(GT, 7, k0 + 0 * L, g0_7)
+
+
+@njit(**_JIT)
+def _kBt_1x4(X, r0, nr, P, GT, k0):
+    """GT[:4, k0:k0+1L] += X[r0:r0+nr, k0:k0+1L]^T-products with P[:nr, :4]:
+    G^T tile of 1 k-vectors x 4 columns in registers over all nr rows."""
+    L = vlanes(GT)
+    g0_0 = vload(GT, 0, k0 + 0 * L); g0_1 = vload(GT, 1, k0 + 0 * L); g0_2 = vload(GT, 2, k0 + 0 * L); g0_3 = vload(GT, 3, k0 + 0 * L)
+    for r in range(nr):
+        i = r0 + r
+        x0 = vload(X, i, k0 + 0 * L)
+        p = vsplat1(P, r, 0)
+        g0_0 = vfma(x0, p, g0_0)
+        p = vsplat1(P, r, 1)
+        g0_1 = vfma(x0, p, g0_1)
+        p = vsplat1(P, r, 2)
+        g0_2 = vfma(x0, p, g0_2)
+        p = vsplat1(P, r, 3)
+        g0_3 = vfma(x0, p, g0_3)
+    vstore(GT, 0, k0 + 0 * L, g0_0); vstore(GT, 1, k0 + 0 * L, g0_1); vstore(GT, 2, k0 + 0 * L, g0_2); vstore(GT, 3, k0 + 0 * L, g0_3)
+
+
+
+@njit(**_JIT)
+def _pass_Bt_rows(X, sb0, nr, P, GT):
+    """GT[:C] += (X[sb0:sb0+nr]^T @ P[:nr, :C])^T, C = GT.shape[0] = L/2:
+    48-k register tiles, then single k-vectors, then scalar k."""
+    d = X.shape[1]
+    L = vlanes(GT)
+    C = GT.shape[0]
+    tile = 48
+    kend = d - d % tile
+    for k0 in range(0, kend, tile):
+        if L == 16:
+            _kBt_3x8(X, sb0, nr, P, GT, k0)
+        else:
+            _kBt_6x4(X, sb0, nr, P, GT, k0)
+    vend = d - d % L
+    for k0 in range(kend, vend, L):
+        if L == 16:
+            _kBt_1x8(X, sb0, nr, P, GT, k0)
+        else:
+            _kBt_1x4(X, sb0, nr, P, GT, k0)
+    for k in range(vend, d):
+        for r in range(nr):
+            x = X[sb0 + r, k]
+            for j in range(C):
+                GT[j, k] += x * P[r, j]
 
 
 # ==========================================================================
@@ -1242,7 +1291,7 @@ def _s1_loops_chunk(X, y, Wp, a, b, m, act, kind, delta, offset, r0, r1, SB, Gac
             _pass_A(X, Xt, sb0, ng, rem, Wp, H, last1)
         lsum += _s1_rows(H, nr, nrp, hcols, y, sb0, a, b, m, act, kind, delta, offset, S)
         if ks == 2:
-            _pass_B_s2_rows(X, sb0, nr, H, Gp)
+            _pass_Bt_rows(X, sb0, nr, H, Gp)
         else:
             _pass_B_rows(X, sb0, nr, H, Gp, last1)
         since += nr
@@ -1547,16 +1596,6 @@ def _pack_s2(W):
     return W2.reshape(-1, L)
 
 
-def _unpack_s2(G2, d, m):
-    nkp = d // 2
-    G3 = G2.reshape(-1, G2.shape[1] // 2, 2)
-    G = np.empty((d, m))
-    G[:2 * nkp] = G3[:nkp, :m, :].transpose(0, 2, 1).reshape(2 * nkp, m)
-    if d % 2:
-        G[d - 1] = G3[nkp, :m, 0]
-    return G
-
-
 _MODE_LOOPS, _MODE_GEMM, _MODE_S2 = 0, 1, 2
 
 
@@ -1624,12 +1663,15 @@ def stage1_grad(X, y, W, a, b, loss="square", delta=1.0, offset=0.0,
     out = np.empty(0, dtype=X.dtype)
     if p == "loops":
         Wk, mode = _loops_weights(W)
-        Gacc = np.zeros((T,) + Wk.shape)
+        if mode == _MODE_S2:      # narrow: G^T accumulated, see _pass_Bt_rows
+            Gacc = np.zeros((T, _lanes_of(X.dtype) // 2, d))
+        else:
+            Gacc = np.zeros((T,) + Wk.shape)
         ls = _run(parallel, _JOB_STAGE1, X, y, Wk, a, b, m, act, kind, delta, offset,
                   bounds, _superblock_rows(d, X.itemsize), mode, Gacc, Fy, out)
         Gs = Gacc.sum(axis=0)
         if mode == _MODE_S2:
-            G = _unpack_s2(Gs, d, m)
+            G = Gs[:m].T
         else:
             NB = Wk.shape[1]
             npan = Wk.shape[0] // d

@@ -24,7 +24,9 @@ RTOL = {np.float32: 2e-5, np.float64: 1e-11}
 # float64), a last column panel that is half used, several panels (m large),
 # several super-blocks and float64 folds in one chunk (n = 5003, d = 8); the
 # narrow layout with whole 12-pair k tiles plus leftover pairs and an odd d,
-# over several 48-row sub-blocks of the outer-product kB (n = 211, d = 53).
+# over several 48-row sub-blocks of the outer-product kB (n = 211, d = 53);
+# the transposed narrow stage-1 kB with 48-k tiles, single k-vectors and
+# scalar k left over (d = 123; m = 4 is narrow in both dtypes, m = 8 in float32).
 SHAPES = [
     (5, 3, 2),
     (37, 1, 2),
@@ -35,6 +37,8 @@ SHAPES = [
     (5003, 8, 5),
     (211, 53, 6),
     (130, 29, 3),
+    (97, 123, 4),
+    (61, 123, 8),
 ]
 
 
