@@ -1755,10 +1755,49 @@ def predict(X, W, a, b, activation_name="logcosh", *, path=None, parallel=True):
 # --------------------------------------------------------------------------
 # the empirical label-weighted second moment (not hot: numpy BLAS)
 # --------------------------------------------------------------------------
-def sigma_matvec(X, c, V):
-    """Sigma_l V = X^T (c * (X V)) / n without forming Sigma_l; V is (d,) or (d, k)."""
+@njit(cache=True, nogil=True, fastmath=_REDUCE_FM, error_model="numpy")
+def _matvec_rows(X, c, v, r0, r1, acc):
+    """acc += sum_{r0 <= i < r1} c_i (x_i . v) x_i: each row is read from memory
+    once and reused from cache (BLAS gemv + gemv reads X twice)."""
+    d = X.shape[1]
+    part = np.zeros(d, X.dtype)     # working dtype, folded into float64 (as _FLUSH_ROWS)
+    since = 0
+    for i in range(r0, r1):
+        s = X[i, 0] * v[0] - X[i, 0] * v[0]       # a zero of X's dtype
+        for k in range(d):
+            s += X[i, k] * v[k]
+        w = c[i] * s
+        for k in range(d):
+            part[k] += w * X[i, k]
+        since += 1
+        if since == _FLUSH_ROWS or i == r1 - 1:
+            for k in range(d):
+                acc[k] += part[k]
+                part[k] = 0
+            since = 0
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=_REDUCE_FM, error_model="numpy")
+def _matvec_parallel(X, c, v, bounds, acc):
+    for t in prange(bounds.shape[0] - 1):
+        _matvec_rows(X, c, v, bounds[t], bounds[t + 1], acc[t])
+
+
+def sigma_matvec(X, c, V, *, parallel=True):
+    """Sigma_l V = X^T (c * (X V)) / n without forming Sigma_l; V is (d,) or (d, k).
+
+    A vector V takes one fused pass over X (per-thread float64 accumulators);
+    a block V (d, k) uses two BLAS products."""
     X, c, V = _as_float_arrays(X, c, V)
     n = X.shape[0]
+    if V.ndim == 1 and n > 0:
+        bounds = _thread_bounds(n, n * X.shape[1], parallel)
+        acc = np.zeros((bounds.shape[0] - 1, X.shape[1]))
+        if bounds.shape[0] > 2:
+            _matvec_parallel(X, c, V, bounds, acc)
+        else:
+            _matvec_rows(X, c, V, 0, n, acc[0])
+        return (acc.sum(axis=0) / n).astype(X.dtype)
     XV = X @ V
     if XV.ndim == 1:
         XV *= c

@@ -274,8 +274,8 @@ def test_quadratic_step_is_power_iteration(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_sigma_matvec_and_matrix(dtype):
-    n, d = 300, 9
+@pytest.mark.parametrize("n, d", [(300, 9), (40009, 211)])   # serial; two thread chunks
+def test_sigma_matvec_and_matrix(dtype, n, d):
     X, c, *_ = make_problem(n, d, 2, dtype, seed=7)
     rng = np.random.default_rng(8)
     V1 = rng.standard_normal(d).astype(dtype)
