@@ -24,8 +24,8 @@ Design
   micro-kernels written with a tiny explicit-SIMD layer (512-bit vectors, see
   below): a 12-row x 32-column (float32; 16 for float64) register tile in
   broadcast form, W and G stored as contiguous column panels; for narrow
-  widths (m <= 8 float32, m <= 4 float64) a variant that puts two consecutive
-  k in one vector, so that no lane is idle.  ``"gemm"`` (default from 256
+  widths (m <= 8 float32, m <= 4 float64) transposed tiles (vectors over k,
+  W^T and G^T stored), so that no lane is idle.  ``"gemm"`` (default from 256
   columns): per-block ``np.dot`` inside the ``prange``, i.e. single-threaded
   BLAS sgemm/dgemm on a cache-resident row block.  BLAS must then run one
   thread per caller thread: the wrappers scope that themselves with
@@ -241,20 +241,18 @@ def vsplat1(typingctx, A, i, j):
 
 
 @intrinsic
-def vsplat2(typingctx, A, i, j):
-    """(A[i, j], A[i, j+1]) repeated over all lanes (one 64-bit broadcast)."""
-    if not _is_float_c2d(A):
+def vsum(typingctx, v):
+    """Sum of the lanes of a vector (a reassociating tree reduction)."""
+    if not isinstance(v, _Vec):
         return None
-    vt = _vec_of(A.dtype)
 
     def codegen(context, builder, sig, args):
-        p = _ptr_at(context, builder, sig, args)
-        et = context.get_value_type(A.dtype)
-        pair = builder.load(builder.bitcast(p, ir.VectorType(et, 2).as_pointer()),
-                            align=A.dtype.bitwidth // 8)
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), [0, 1] * (vt.lanes // 2))
-        return builder.shuffle_vector(pair, ir.Constant(pair.type, ir.Undefined), mask)
-    return vt(A, i, j), codegen
+        lt = args[0].type
+        et = lt.element
+        name = f"llvm.vector.reduce.fadd.v{v.lanes}f{v.dtype.bitwidth}"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(et, [et, lt]), name)
+        return builder.call(fn, [ir.Constant(et, 0.0), args[0]], fastmath=("reassoc", "nsz"))
+    return v.dtype(v), codegen
 
 
 @intrinsic
@@ -514,10 +512,8 @@ def fast_logcosh(x):
 # element is broadcast once and feeds 1-2 FMAs; 24 accumulators (x2) fit the
 # 32 AVX-512 registers with room for operands.
 # Narrow widths (m <= L/2, e.g. m <= 8 in float32) would leave half of every
-# vector idle; the "s2" kernels put 2 consecutive k in one vector instead
-# (lane 2j+t <-> column j, k parity t; X pairs loaded with one 64-bit
-# broadcast), so every lane does useful work (kA and the stage-2 Gram; the
-# narrow stage-1 kB is the transposed form, see _pass_Bt_rows).
+# vector idle; their kernels are transposed instead (vectors over k, see
+# _pass_At_rows / _pass_Bt_rows), so every lane does useful work.
 # kB (used by the Gram of stage 2) reloads and stores its G row for every
 # 12-row tile.  Stage 1 uses kBr instead, the outer-product form: a 12-k x NB
 # tile of G stays in registers while _SUB_ROWS rows stream past, so G traffic
@@ -699,71 +695,6 @@ def _kB_12x1(X, i0, P, pr0, G, q, k0):
 
 
 @njit(**_JIT)
-def _kA_12s2(X, i0, W2, H, hr0):
-    """Narrow widths (m <= L/2), 2 consecutive k per vector: lane 2j+t of the
-    accumulator of row r sums X[r, 2kp+t] W[2kp+t, j]; W2 is W in that layout
-    (d//2 rows, then one single-parity row per leftover k).  Stores the raw
-    accumulators H[hr0+r, :L] (the parity sum is taken by the caller)."""
-    d = X.shape[1]
-    nkp = d // 2
-    z = vzeros(W2)
-    a0 = z
-    a1 = z
-    a2 = z
-    a3 = z
-    a4 = z
-    a5 = z
-    a6 = z
-    a7 = z
-    a8 = z
-    a9 = z
-    a10 = z
-    a11 = z
-    for kp in range(nkp):
-        w = vload(W2, kp, 0)
-        k = 2 * kp
-        a0 = vfma(vsplat2(X, i0 + 0, k), w, a0)
-        a1 = vfma(vsplat2(X, i0 + 1, k), w, a1)
-        a2 = vfma(vsplat2(X, i0 + 2, k), w, a2)
-        a3 = vfma(vsplat2(X, i0 + 3, k), w, a3)
-        a4 = vfma(vsplat2(X, i0 + 4, k), w, a4)
-        a5 = vfma(vsplat2(X, i0 + 5, k), w, a5)
-        a6 = vfma(vsplat2(X, i0 + 6, k), w, a6)
-        a7 = vfma(vsplat2(X, i0 + 7, k), w, a7)
-        a8 = vfma(vsplat2(X, i0 + 8, k), w, a8)
-        a9 = vfma(vsplat2(X, i0 + 9, k), w, a9)
-        a10 = vfma(vsplat2(X, i0 + 10, k), w, a10)
-        a11 = vfma(vsplat2(X, i0 + 11, k), w, a11)
-    for u in range(d - 2 * nkp):
-        w = vload(W2, nkp + u, 0)
-        k = 2 * nkp + u
-        a0 = vfma(vsplat(X[i0 + 0, k]), w, a0)
-        a1 = vfma(vsplat(X[i0 + 1, k]), w, a1)
-        a2 = vfma(vsplat(X[i0 + 2, k]), w, a2)
-        a3 = vfma(vsplat(X[i0 + 3, k]), w, a3)
-        a4 = vfma(vsplat(X[i0 + 4, k]), w, a4)
-        a5 = vfma(vsplat(X[i0 + 5, k]), w, a5)
-        a6 = vfma(vsplat(X[i0 + 6, k]), w, a6)
-        a7 = vfma(vsplat(X[i0 + 7, k]), w, a7)
-        a8 = vfma(vsplat(X[i0 + 8, k]), w, a8)
-        a9 = vfma(vsplat(X[i0 + 9, k]), w, a9)
-        a10 = vfma(vsplat(X[i0 + 10, k]), w, a10)
-        a11 = vfma(vsplat(X[i0 + 11, k]), w, a11)
-    vstore(H, hr0 + 0, 0, a0)
-    vstore(H, hr0 + 1, 0, a1)
-    vstore(H, hr0 + 2, 0, a2)
-    vstore(H, hr0 + 3, 0, a3)
-    vstore(H, hr0 + 4, 0, a4)
-    vstore(H, hr0 + 5, 0, a5)
-    vstore(H, hr0 + 6, 0, a6)
-    vstore(H, hr0 + 7, 0, a7)
-    vstore(H, hr0 + 8, 0, a8)
-    vstore(H, hr0 + 9, 0, a9)
-    vstore(H, hr0 + 10, 0, a10)
-    vstore(H, hr0 + 11, 0, a11)
-
-
-@njit(**_JIT)
 def _kBr_12x2(X, r0, nr, P, G, q, k0):
     """G-panel q rows k0..k0+11 += X[r0:r0+nr, k0:k0+12]^T @ P[:nr, panel q]
     (outer-product form: the G tile stays in registers over all nr rows)."""
@@ -904,6 +835,161 @@ def _pass_B_rows(X, sb0, nr, P, Gp, last1):
                     _kBr_12x2(X, sb0 + s0, ns, Ps, Gp, q, k0)
             if kend < d:
                 _kBr_tail(X, sb0 + s0, ns, Ps, Gp, q, kend, 1 if one else 2)
+
+
+
+# Narrow widths (m <= L/2) in stage 1, both products transposed.  Kernel A:
+# W is stored as W^T (L/2, d) and every accumulator is a vector over k,
+# summed across lanes once per row and column; per k-vector, R loads of X and
+# L/2 of W^T feed 24 FMAs.  Kernel B: G^T (L/2, d) tiles vectorised over k;
+# per row, KV vector loads of X and L/2 scalar broadcasts of P feed 24 FMAs.
+# (The s2 pair form needs 13 loads per 12 FMAs: load-port bound, it ran kB at
+# half the FMA rate and kA at ~21 of the 33 GB/s two cores can read.)
+@njit(**_JIT)
+def _kAt_3x8(X, i0, WT, H, hr0, kv):
+    """H[hr0+r, j] = X[i0+r, :kv] . WT[j, :kv] for r < 3, j < 8 (kv a multiple
+    of L): 3x8 accumulators vectorised over k, summed across lanes at the end."""
+    L = vlanes(WT)
+    z = vzeros(WT)
+    a0_0 = z; a0_1 = z; a0_2 = z; a0_3 = z; a0_4 = z; a0_5 = z; a0_6 = z; a0_7 = z
+    a1_0 = z; a1_1 = z; a1_2 = z; a1_3 = z; a1_4 = z; a1_5 = z; a1_6 = z; a1_7 = z
+    a2_0 = z; a2_1 = z; a2_2 = z; a2_3 = z; a2_4 = z; a2_5 = z; a2_6 = z; a2_7 = z
+    for k in range(0, kv, L):
+        x0 = vload(X, i0 + 0, k); x1 = vload(X, i0 + 1, k); x2 = vload(X, i0 + 2, k)
+        w = vload(WT, 0, k)
+        a0_0 = vfma(x0, w, a0_0); a1_0 = vfma(x1, w, a1_0); a2_0 = vfma(x2, w, a2_0)
+        w = vload(WT, 1, k)
+        a0_1 = vfma(x0, w, a0_1); a1_1 = vfma(x1, w, a1_1); a2_1 = vfma(x2, w, a2_1)
+        w = vload(WT, 2, k)
+        a0_2 = vfma(x0, w, a0_2); a1_2 = vfma(x1, w, a1_2); a2_2 = vfma(x2, w, a2_2)
+        w = vload(WT, 3, k)
+        a0_3 = vfma(x0, w, a0_3); a1_3 = vfma(x1, w, a1_3); a2_3 = vfma(x2, w, a2_3)
+        w = vload(WT, 4, k)
+        a0_4 = vfma(x0, w, a0_4); a1_4 = vfma(x1, w, a1_4); a2_4 = vfma(x2, w, a2_4)
+        w = vload(WT, 5, k)
+        a0_5 = vfma(x0, w, a0_5); a1_5 = vfma(x1, w, a1_5); a2_5 = vfma(x2, w, a2_5)
+        w = vload(WT, 6, k)
+        a0_6 = vfma(x0, w, a0_6); a1_6 = vfma(x1, w, a1_6); a2_6 = vfma(x2, w, a2_6)
+        w = vload(WT, 7, k)
+        a0_7 = vfma(x0, w, a0_7); a1_7 = vfma(x1, w, a1_7); a2_7 = vfma(x2, w, a2_7)
+    H[hr0 + 0, 0] = vsum(a0_0); H[hr0 + 0, 1] = vsum(a0_1); H[hr0 + 0, 2] = vsum(a0_2); H[hr0 + 0, 3] = vsum(a0_3)
+    H[hr0 + 0, 4] = vsum(a0_4); H[hr0 + 0, 5] = vsum(a0_5); H[hr0 + 0, 6] = vsum(a0_6); H[hr0 + 0, 7] = vsum(a0_7)
+    H[hr0 + 1, 0] = vsum(a1_0); H[hr0 + 1, 1] = vsum(a1_1); H[hr0 + 1, 2] = vsum(a1_2); H[hr0 + 1, 3] = vsum(a1_3)
+    H[hr0 + 1, 4] = vsum(a1_4); H[hr0 + 1, 5] = vsum(a1_5); H[hr0 + 1, 6] = vsum(a1_6); H[hr0 + 1, 7] = vsum(a1_7)
+    H[hr0 + 2, 0] = vsum(a2_0); H[hr0 + 2, 1] = vsum(a2_1); H[hr0 + 2, 2] = vsum(a2_2); H[hr0 + 2, 3] = vsum(a2_3)
+    H[hr0 + 2, 4] = vsum(a2_4); H[hr0 + 2, 5] = vsum(a2_5); H[hr0 + 2, 6] = vsum(a2_6); H[hr0 + 2, 7] = vsum(a2_7)
+
+
+@njit(**_JIT)
+def _kAt_6x4(X, i0, WT, H, hr0, kv):
+    """H[hr0+r, j] = X[i0+r, :kv] . WT[j, :kv] for r < 6, j < 4 (kv a multiple
+    of L): 6x4 accumulators vectorised over k, summed across lanes at the end."""
+    L = vlanes(WT)
+    z = vzeros(WT)
+    a0_0 = z; a0_1 = z; a0_2 = z; a0_3 = z
+    a1_0 = z; a1_1 = z; a1_2 = z; a1_3 = z
+    a2_0 = z; a2_1 = z; a2_2 = z; a2_3 = z
+    a3_0 = z; a3_1 = z; a3_2 = z; a3_3 = z
+    a4_0 = z; a4_1 = z; a4_2 = z; a4_3 = z
+    a5_0 = z; a5_1 = z; a5_2 = z; a5_3 = z
+    for k in range(0, kv, L):
+        x0 = vload(X, i0 + 0, k); x1 = vload(X, i0 + 1, k); x2 = vload(X, i0 + 2, k); x3 = vload(X, i0 + 3, k); x4 = vload(X, i0 + 4, k); x5 = vload(X, i0 + 5, k)
+        w = vload(WT, 0, k)
+        a0_0 = vfma(x0, w, a0_0); a1_0 = vfma(x1, w, a1_0); a2_0 = vfma(x2, w, a2_0)
+        a3_0 = vfma(x3, w, a3_0); a4_0 = vfma(x4, w, a4_0); a5_0 = vfma(x5, w, a5_0)
+        w = vload(WT, 1, k)
+        a0_1 = vfma(x0, w, a0_1); a1_1 = vfma(x1, w, a1_1); a2_1 = vfma(x2, w, a2_1)
+        a3_1 = vfma(x3, w, a3_1); a4_1 = vfma(x4, w, a4_1); a5_1 = vfma(x5, w, a5_1)
+        w = vload(WT, 2, k)
+        a0_2 = vfma(x0, w, a0_2); a1_2 = vfma(x1, w, a1_2); a2_2 = vfma(x2, w, a2_2)
+        a3_2 = vfma(x3, w, a3_2); a4_2 = vfma(x4, w, a4_2); a5_2 = vfma(x5, w, a5_2)
+        w = vload(WT, 3, k)
+        a0_3 = vfma(x0, w, a0_3); a1_3 = vfma(x1, w, a1_3); a2_3 = vfma(x2, w, a2_3)
+        a3_3 = vfma(x3, w, a3_3); a4_3 = vfma(x4, w, a4_3); a5_3 = vfma(x5, w, a5_3)
+    H[hr0 + 0, 0] = vsum(a0_0); H[hr0 + 0, 1] = vsum(a0_1); H[hr0 + 0, 2] = vsum(a0_2); H[hr0 + 0, 3] = vsum(a0_3)
+    H[hr0 + 1, 0] = vsum(a1_0); H[hr0 + 1, 1] = vsum(a1_1); H[hr0 + 1, 2] = vsum(a1_2); H[hr0 + 1, 3] = vsum(a1_3)
+    H[hr0 + 2, 0] = vsum(a2_0); H[hr0 + 2, 1] = vsum(a2_1); H[hr0 + 2, 2] = vsum(a2_2); H[hr0 + 2, 3] = vsum(a2_3)
+    H[hr0 + 3, 0] = vsum(a3_0); H[hr0 + 3, 1] = vsum(a3_1); H[hr0 + 3, 2] = vsum(a3_2); H[hr0 + 3, 3] = vsum(a3_3)
+    H[hr0 + 4, 0] = vsum(a4_0); H[hr0 + 4, 1] = vsum(a4_1); H[hr0 + 4, 2] = vsum(a4_2); H[hr0 + 4, 3] = vsum(a4_3)
+    H[hr0 + 5, 0] = vsum(a5_0); H[hr0 + 5, 1] = vsum(a5_1); H[hr0 + 5, 2] = vsum(a5_2); H[hr0 + 5, 3] = vsum(a5_3)
+
+
+@njit(**_JIT)
+def _kAt_1x8(X, i0, WT, H, hr0, kv):
+    """H[hr0+r, j] = X[i0+r, :kv] . WT[j, :kv] for r < 1, j < 8 (kv a multiple
+    of L): 1x8 accumulators vectorised over k, summed across lanes at the end."""
+    L = vlanes(WT)
+    z = vzeros(WT)
+    a0_0 = z; a0_1 = z; a0_2 = z; a0_3 = z; a0_4 = z; a0_5 = z; a0_6 = z; a0_7 = z
+    for k in range(0, kv, L):
+        x0 = vload(X, i0 + 0, k)
+        w = vload(WT, 0, k)
+        a0_0 = vfma(x0, w, a0_0)
+        w = vload(WT, 1, k)
+        a0_1 = vfma(x0, w, a0_1)
+        w = vload(WT, 2, k)
+        a0_2 = vfma(x0, w, a0_2)
+        w = vload(WT, 3, k)
+        a0_3 = vfma(x0, w, a0_3)
+        w = vload(WT, 4, k)
+        a0_4 = vfma(x0, w, a0_4)
+        w = vload(WT, 5, k)
+        a0_5 = vfma(x0, w, a0_5)
+        w = vload(WT, 6, k)
+        a0_6 = vfma(x0, w, a0_6)
+        w = vload(WT, 7, k)
+        a0_7 = vfma(x0, w, a0_7)
+    H[hr0 + 0, 0] = vsum(a0_0); H[hr0 + 0, 1] = vsum(a0_1); H[hr0 + 0, 2] = vsum(a0_2); H[hr0 + 0, 3] = vsum(a0_3)
+    H[hr0 + 0, 4] = vsum(a0_4); H[hr0 + 0, 5] = vsum(a0_5); H[hr0 + 0, 6] = vsum(a0_6); H[hr0 + 0, 7] = vsum(a0_7)
+
+
+@njit(**_JIT)
+def _kAt_1x4(X, i0, WT, H, hr0, kv):
+    """H[hr0+r, j] = X[i0+r, :kv] . WT[j, :kv] for r < 1, j < 4 (kv a multiple
+    of L): 1x4 accumulators vectorised over k, summed across lanes at the end."""
+    L = vlanes(WT)
+    z = vzeros(WT)
+    a0_0 = z; a0_1 = z; a0_2 = z; a0_3 = z
+    for k in range(0, kv, L):
+        x0 = vload(X, i0 + 0, k)
+        w = vload(WT, 0, k)
+        a0_0 = vfma(x0, w, a0_0)
+        w = vload(WT, 1, k)
+        a0_1 = vfma(x0, w, a0_1)
+        w = vload(WT, 2, k)
+        a0_2 = vfma(x0, w, a0_2)
+        w = vload(WT, 3, k)
+        a0_3 = vfma(x0, w, a0_3)
+    H[hr0 + 0, 0] = vsum(a0_0); H[hr0 + 0, 1] = vsum(a0_1); H[hr0 + 0, 2] = vsum(a0_2); H[hr0 + 0, 3] = vsum(a0_3)
+
+
+
+@njit(**_JIT)
+def _pass_At_rows(X, sb0, nr, WT, H):
+    """H[r, j] = X[sb0 + r] . W[:, j] for r < nr, j < C = WT.shape[0] (L/2)."""
+    d = X.shape[1]
+    L = vlanes(WT)
+    C = WT.shape[0]
+    R = 3 if L == 16 else 6
+    kv = d - d % L
+    rend = nr - nr % R
+    for r in range(0, rend, R):
+        if L == 16:
+            _kAt_3x8(X, sb0 + r, WT, H, r, kv)
+        else:
+            _kAt_6x4(X, sb0 + r, WT, H, r, kv)
+    for r in range(rend, nr):
+        if L == 16:
+            _kAt_1x8(X, sb0 + r, WT, H, r, kv)
+        else:
+            _kAt_1x4(X, sb0 + r, WT, H, r, kv)
+    if kv < d:
+        for r in range(nr):
+            for j in range(C):
+                h = H[r, j]
+                for k in range(kv, d):
+                    h += X[sb0 + r, k] * WT[j, k]
+                H[r, j] = h
 
 
 @njit(**_JIT)
@@ -1228,22 +1314,6 @@ def _pass_B(X, Xt, sb0, ng, rem, P, Gp, last1, diag):
 
 
 @njit(**_JIT)
-def _pass_A_s2(X, Xt, sb0, ng, rem, W2, H):
-    """Narrow widths: H[:, j] = X[sb0:...] @ W[:, j] for j < L/2 (the parity
-    lanes of the s2 kernel summed into the first L/2 columns)."""
-    R = _ROWS
-    ntile = ng + (1 if rem > 0 else 0)
-    for g in range(ntile):
-        src = X if g < ng else Xt
-        i0 = sb0 + g * R if g < ng else 0
-        _kA_12s2(src, i0, W2, H, g * R)
-    c = H.shape[1] // 2
-    for r in range(ntile * R):
-        for j in range(c):
-            H[r, j] = H[r, 2 * j] + H[r, 2 * j + 1]
-
-
-@njit(**_JIT)
 def _load_tail(X, Xt, row0, rem):
     for r in range(rem):
         for k in range(X.shape[1]):
@@ -1256,11 +1326,12 @@ def _load_tail(X, Xt, row0, rem):
 @njit(**_JIT)
 def _loops_layout(d, Wk, ks):
     """(npan, NB, mcols, L) of the packed weights: ``ks`` = 2 for the narrow
-    s2 layout (one (d//2 + d%2, L) block), else column panels (npan*d, NB)."""
+    layout (W^T, (L/2, d); H gets one L-wide block), else column panels
+    (npan*d, NB)."""
     L = vlanes(Wk)
-    NB = Wk.shape[1]
     if ks == 2:
-        return 1, NB, NB, L
+        return 1, L, L, L
+    NB = Wk.shape[1]
     npan = Wk.shape[0] // d
     return npan, NB, npan * NB, L
 
@@ -1286,7 +1357,7 @@ def _s1_loops_chunk(X, y, Wp, a, b, m, act, kind, delta, offset, r0, r1, SB, Gac
         if rem > 0:
             _load_tail(X, Xt, sb0 + ng * R, rem)
         if ks == 2:
-            _pass_A_s2(X, Xt, sb0, ng, rem, Wp, H)
+            _pass_At_rows(X, sb0, nr, Wp, H)
         else:
             _pass_A(X, Xt, sb0, ng, rem, Wp, H, last1)
         lsum += _s1_rows(H, nr, nrp, hcols, y, sb0, a, b, m, act, kind, delta, offset, S)
@@ -1321,7 +1392,7 @@ def _s2_loops_chunk(X, y, Wp, b, m, act, r0, r1, SB, Gacc, Fy, ks):
         if rem > 0:
             _load_tail(X, Xt, sb0 + ng * R, rem)
         if ks == 2:
-            _pass_A_s2(X, Xt, sb0, ng, rem, Wp, H)
+            _pass_At_rows(X, sb0, nr, Wp, H)
         else:
             _pass_A(X, Xt, sb0, ng, rem, Wp, H, last1)
         _s2_rows(H, nr, nrp, mcols, y, sb0, b, m, act, Fy)
@@ -1350,7 +1421,7 @@ def _pred_loops_chunk(X, Wp, a, b, m, act, r0, r1, SB, out, ks):
         if rem > 0:
             _load_tail(X, Xt, sb0 + ng * R, rem)
         if ks == 2:
-            _pass_A_s2(X, Xt, sb0, ng, rem, Wp, H)
+            _pass_At_rows(X, sb0, nr, Wp, H)
         else:
             _pass_A(X, Xt, sb0, ng, rem, Wp, H, last1)
         _pred_rows(H, nr, out, sb0, a, b, m, act)
@@ -1413,7 +1484,7 @@ _JOB_STAGE1, _JOB_STAGE2, _JOB_PREDICT = 0, 1, 2
 @njit(parallel=True, **_JIT)
 def _run_parallel(job, X, y, Wk, a, b, m, act, kind, delta, offset, bounds, blk, mode,
                   Gacc, Fy, out):
-    """mode: 0 loops (column panels), 1 gemm, 2 loops with the narrow s2 layout."""
+    """mode: 0 loops (column panels), 1 gemm, 2 loops with the narrow (transposed) layout."""
     T = bounds.shape[0] - 1
     res = np.zeros(T)
     gemm = mode == 1
@@ -1582,20 +1653,6 @@ def _pack_panels(W):
     return Wp.reshape(npan * d, NB), NB, npan
 
 
-def _pack_s2(W):
-    """W (d, m), m <= L/2 -> the s2 layout (d//2 + d%2, L): row kp holds
-    W[2kp + t, j] in lane 2j + t; a leftover last k gets its own row with
-    only its parity lane (t = 0) filled."""
-    d, m = W.shape
-    L = _lanes_of(W.dtype)
-    nkp = d // 2
-    W2 = np.zeros((nkp + d % 2, L // 2, 2), dtype=W.dtype)
-    W2[:nkp, :m, :] = W[:2 * nkp].reshape(nkp, 2, m).transpose(0, 2, 1)
-    if d % 2:
-        W2[nkp, :m, 0] = W[d - 1]
-    return W2.reshape(-1, L)
-
-
 _MODE_LOOPS, _MODE_GEMM, _MODE_S2 = 0, 1, 2
 
 
@@ -1603,7 +1660,9 @@ def _loops_weights(W):
     """Packed weights and mode for the "loops" path."""
     m = W.shape[1]
     if m <= _lanes_of(W.dtype) // 2:
-        return _pack_s2(W), _MODE_S2
+        WT = np.zeros((_lanes_of(W.dtype) // 2, W.shape[0]), dtype=W.dtype)
+        WT[:m] = W.T
+        return WT, _MODE_S2
     return _pack_panels(W)[0], _MODE_LOOPS
 
 
@@ -1705,7 +1764,7 @@ def stage2_gram(X, y, W, b, activation_name="logcosh", *, path=None, parallel=Tr
     if p == "loops":
         Wk, mode = _loops_weights(W)
         if mode == _MODE_S2:
-            npan, NB = 1, Wk.shape[1]
+            npan, NB = 1, _lanes_of(X.dtype)
         else:
             npan, NB = Wk.shape[0] // d, Wk.shape[1]
         mcols = npan * NB
