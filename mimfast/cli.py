@@ -47,6 +47,16 @@ def t1_value(text):
     return positive_int(text)
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where it says something (not None, not already in the help)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if action.default is None or action.default is False or "default" in h:
+            return h
+        return super()._get_help_string(action)
+
+
 def add_common_training_args(p):
     """Options shared by every command that trains networks."""
     p.add_argument("--width", type=positive_int, default=256,
@@ -54,21 +64,22 @@ def add_common_training_args(p):
     p.add_argument("--t1", type=t1_value, default="auto",
                    help="stage-1 steps, or 'auto' (grows like sqrt(log d))")
     p.add_argument("--loss", default="square",
-                   help="stage-1 loss: square, huber, pseudo_huber, even")
+                   help="stage-1 loss: square, huber, pseudo_huber, even, even_clip")
     p.add_argument("--delta", type=float, default=1.0, help="Huber / pseudo-Huber scale")
     p.add_argument("--activation", default="logcosh", help="stage-1 sigma: logcosh, quadratic")
     p.add_argument("--stage2-activation", default=None,
                    help="stage-2 features (default: same as --activation; relu allowed)")
     p.add_argument("--backend", default="auto", help="auto, numpy, numba, cupy")
     p.add_argument("--dtype", default="float32", help="float32 or float64")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads (default: all; more than the machine has are capped)")
     p.add_argument("--data", default="auto",
                    help="auto, materialise or stream (regenerate rows each pass)")
 
 
 def _add_run(sub):
     p = sub.add_parser("run", help="train one network on one task and report",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=DefaultsHelp,
                        description="Train a two-layer network layer-wise on a Gaussian "
                                    "multi-index task and print recovery and test error.")
     p.add_argument("--d", type=positive_int, default=512, help="input dimension")
@@ -80,13 +91,15 @@ def _add_run(sub):
                    help="stage-1 samples (default 16 d ln d)")
     p.add_argument("--n2", type=positive_int, default=None,
                    help="stage-2 samples (default 16 d ln d)")
-    p.add_argument("--n-test", type=positive_int, default=None, help="test samples")
+    p.add_argument("--n-test", type=positive_int, default=None,
+                   help="test samples (default min(max(n1/4, 4096), 65536))")
     p.add_argument("--method", default="layerwise", help="layerwise or spectral")
     add_common_training_args(p)
-    p.add_argument("--seed", type=positive_int, default=0)
+    p.add_argument("--seed", type=positive_int, default=0,
+                   help="seed of the task (U, data) and of the network's initialisation")
     p.add_argument("--baselines", action="store_true",
                    help="also run the one-step (T1=1) and spectral baselines")
-    p.add_argument("--json", metavar="PATH", default=None, help="write the record as JSON")
+    p.add_argument("--json", metavar="PATH", default=None, help="write the record as JSON (missing parent folders are created)")
     p.add_argument("--quiet", action="store_true", help="no table")
     p.set_defaults(func=cmd_run)
 

@@ -548,13 +548,15 @@ def _sweep(store, ds, seeds, out, settings, isolate, progress, runner, plot_path
 # ---------------------------------------------------------------------- CLI
 def register(subparsers):
     from .cli import int_list, positive_int, t1_value
+    from .cli import DefaultsHelp
     p = subparsers.add_parser(
         "scale", help="time the pipeline over d (n = C d ln d) against the O~(d^2) bound",
+        formatter_class=DefaultsHelp,
         description="Sweep d with n1 = n2 = C d ln d, fixed width and T1, several seeds; "
                     "write a tidy CSV/JSON and a log-log figure into --out.  Re-running the "
                     "same command resumes: finished runs are kept.")
     p.add_argument("--d", type=int_list, default=list(DEFAULT_D), help="comma-separated d grid")
-    p.add_argument("--c", type=float, default=4.0, help="n1 = n2 = C d ln d (default 4)")
+    p.add_argument("--c", type=float, default=4.0, help="n1 = n2 = C d ln d")
     p.add_argument("--seeds", type=positive_int, default=2, help="seeds per d (0..seeds-1)")
     p.add_argument("--width", type=positive_int, default=32, help="neurons m (even)")
     p.add_argument("--t1", type=t1_value, default="auto", help="stage-1 steps or 'auto'")

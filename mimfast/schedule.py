@@ -111,6 +111,33 @@ class LayerwiseRegressor:
         self.threads = threads
         self.progress = progress
 
+    # scikit-learn's estimator protocol (clone, grid search, pipelines)
+    @classmethod
+    def _param_names(cls):
+        import inspect
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep=True):
+        """The hyper-parameters given to ``__init__``, as a dict."""
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def set_params(self, **params):
+        """Set hyper-parameters by name; returns self.  Unknown names are an error."""
+        names = self._param_names()
+        for k, v in params.items():
+            if k not in names:
+                raise MimfastInputError(f"{k!r} is not a parameter of LayerwiseRegressor; "
+                                        f"choose from: {', '.join(names)}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self):
+        import inspect
+        sig = inspect.signature(type(self).__init__).parameters
+        changed = [f"{k}={getattr(self, k)!r}" for k in self._param_names()
+                   if getattr(self, k) is not sig[k].default]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
     # ------------------------------------------------------------------ checks
     def _validate(self, d, n1):
         width = check_int(self.width, "width", 2, " (neurons come in +/- pairs)")
@@ -213,9 +240,15 @@ class LayerwiseRegressor:
     def _stage1_labels(self, src):
         loss = get_loss(self.loss, self.delta)
         yk = loss.kernel_labels(np.asarray(src.labels()))
+        c0 = loss.grad(np.zeros_like(yk), yk)
+        if not np.all(np.isfinite(c0)):
+            bad = int(np.size(c0) - np.count_nonzero(np.isfinite(c0)))
+            raise MimfastInputError(
+                f"loss={self.loss!r}: the label transform l'(0, y) is NaN/inf for {bad} of "
+                f"{np.size(c0)} labels (in {np.asarray(yk).dtype}); check the loss and the "
+                "labels (huge --noise overflows float32: use --dtype float64)")
         offset = 0.0
         if self.center:
-            c0 = loss.grad(np.zeros_like(yk), yk)
             offset = float(np.mean(c0, dtype=np.float64))
         return loss, yk, offset
 
@@ -270,12 +303,20 @@ class LayerwiseRegressor:
                 lam = 0.0
                 for _ in range(int(self.power_iters)):
                     v = self._pass_sigma(be, src, c0, v)
-                    lam = float(xp.linalg.norm(v))
-                    if lam == 0.0 or not math.isfinite(lam):
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        lam = float(xp.linalg.norm(v))
+                    if not math.isfinite(lam):
+                        raise MimfastInputError(
+                            f"the label-weighted matrix Sigma_l overflows {dt.name} (its "
+                            "power iteration gave NaN/inf): the labels are too large for "
+                            "this dtype; use dtype='float64', less noise or a bounded loss "
+                            "(huber)")
+                    if lam == 0.0:
                         raise MimfastInputError(
                             "the label-weighted matrix Sigma_l is zero for this loss and "
-                            "data (all labels transform to the same value); choose another "
-                            "loss or check the labels")
+                            "data (all labels transform to the same value, or the transform "
+                            "underflows, e.g. a tiny huber delta); choose another loss or "
+                            "delta, or check the labels")
                     v = v / lam
                 self.lambda_max_ = lam
                 eta = 1.0 / lam
@@ -422,7 +463,12 @@ class LayerwiseRegressor:
     def score(self, X, y):
         """Coefficient of determination R^2 = 1 - MSE / Var(y) (higher is better, as in
         scikit-learn); ``1 - score`` is the relative MSE that mimfast reports."""
-        return 1.0 - metrics.relative_mse(self.predict(X), y)
+        pred = self.predict(X)
+        y = np.asarray(y)
+        if y.shape != pred.shape:
+            raise MimfastInputError(f"y has shape {y.shape} but X has {pred.shape[0]} rows; "
+                                    "pass one label per row of X")
+        return 1.0 - metrics.relative_mse(pred, y)
 
 
 # ---------------------------------------------------------------------- train

@@ -165,6 +165,27 @@ def check_configs(configs, workers=None):
         if isinstance(backend, str):
             check_choice(backend, BACKENDS, "backend")
         check_dtype(cfg.get("dtype", CONFIG_DEFAULTS["dtype"]))
+        _check_sizes(cfg)
+
+
+def _check_sizes(cfg):
+    """The structural limits every run shares (d, r, width, T1), so that a bad
+    flag fails once, up front, instead of as every row of the sweep."""
+    from .errors import check_int
+    d = check_int(cfg.get("d", CONFIG_DEFAULTS["d"]), "d", 1)
+    r = cfg.get("r", CONFIG_DEFAULTS["r"])
+    if r is not None:
+        r = check_int(r, "r", 1)
+        if r > d:
+            raise MimfastInputError(f"r={r} is larger than d={d}; use r <= d")
+    width = check_int(cfg.get("width", CONFIG_DEFAULTS["width"]), "width", 2,
+                      " (neurons come in +/- pairs: use an even width >= 2)")
+    if width % 2:
+        raise MimfastInputError(f"width={width} must be even (neurons come in +/- pairs); "
+                                f"use {width + 1}")
+    t1 = cfg.get("t1", CONFIG_DEFAULTS["t1"])
+    if t1 != "auto":
+        check_int(t1, "t1", 0, " (or 'auto')")
 
 
 def run_key(cfg):

@@ -158,6 +158,27 @@ def test_bad_arrays():
         est.predict(X[:, :4])
     with pytest.raises(MimfastInputError, match="not fitted"):
         LayerwiseRegressor().predict(X)
+    with pytest.raises(MimfastInputError, match="one label per row"):
+        est.score(X, y[:-5])
+    with pytest.raises(MimfastInputError, match="label transform .* NaN/inf for 50 of 50"):
+        LayerwiseRegressor(width=4, backend="numpy", loss=lambda t: t * np.nan).fit(X, y)
+
+
+def test_estimator_params_protocol():
+    est = LayerwiseRegressor(width=64, loss="huber")
+    params = est.get_params()
+    assert params["width"] == 64 and params["loss"] == "huber" and params["t1"] == "auto"
+    assert LayerwiseRegressor(**params).get_params() == params          # what clone() does
+    assert est.set_params(t1=3) is est and est.t1 == 3
+    assert repr(est) == "LayerwiseRegressor(width=64, t1=3, loss='huber')"
+    with pytest.raises(MimfastInputError, match="'widht' is not a parameter"):
+        est.set_params(widht=8)
+
+
+def test_overflowing_labels_are_named_not_called_zero():
+    task = small_task(noise=1e30)
+    with pytest.raises(MimfastInputError, match="overflows float32"):
+        train(task, 2000, 2000, 200, width=8, backend="numpy", dtype="float32", t1=1)
 
 
 def test_memory_error_says_how_much_is_needed():

@@ -180,6 +180,9 @@ def test_seeds_note_single_seed_has_no_error_bars():
     (["--backend", "bogus"], "backend='bogus' is unknown"),
     (["--target", "bogus"], "target='bogus' is unknown"),
     (["--d", ","], "--d is empty"),
+    (["--d", "0"], "d=0 must be >= 1"),
+    (["--width", "7"], "width=7 must be even"),
+    (["--t1-values=-1,2"], "t1=-1 must be >= 0"),
 ])
 def test_reproduce_rejects_bad_flags_before_any_work(tmp_path, capsys, flags, match):
     import re

@@ -159,8 +159,16 @@ def reproduce(studies, args):
 
 
 def cmd_reproduce(args):
-    _, path = reproduce(args.studies, args)
+    summaries, path = reproduce(args.studies, args)
     print(f"wrote {path}")
+    dead = [s for s in summaries if s.get("runs") and s.get("failed") == s.get("runs")]
+    if dead:
+        # every run of a study failed: say why on one line and exit non-zero
+        s = dead[0]
+        why = (s.get("errors") or ["see the report"])[0]
+        print(f"error: all {s['runs']} runs of study {s.get('study', '?')!r} failed: {why}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -330,6 +330,7 @@ class Study:
         summary = {"study": self.name, "title": section.title, "headline": section.headline,
                    "summary": section.summary, "figures": section.figures,
                    "runs": len(records), "failed": len(failed), "sweep_s": sweep_s,
+                   "errors": sorted({str(r.get("error", ""))[:200] for r in failed}),
                    "compute_s": sum(float(r.get("wall_s") or 0.0) for r in records),
                    "reused": sum(r.get("run_key") in prior for r in records),
                    "command": cmd, "quick": bool(getattr(args, "quick", False)),
