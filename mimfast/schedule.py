@@ -418,14 +418,15 @@ class LayerwiseRegressor:
         # collapse, F^T F is near-singular and in float32 the identity cancels
         # catastrophically (it can even go negative) for small penalties.
         y_val_dev = yc[n_fit:].astype(np.float64)
-        direct = {}
-        for i in np.argsort(gram_mse)[:self.ridge_checks]:
-            a = coef(grid[i])
-            pred = np.empty(n_val)
-            a_dev = be.asarray(a, dtype=dt)
-            for lo, Xb in val_src.blocks():
-                pred[lo:lo + Xb.shape[0]] = be.to_numpy(be.predict(Xb, W2d, a_dev, b2d, act))
-            direct[int(i)] = float(np.mean((pred - y_val_dev) ** 2))
+        checks = [int(i) for i in np.argsort(gram_mse)[:self.ridge_checks]]
+        a_devs = [be.asarray(coef(grid[i]), dtype=dt) for i in checks]
+        preds = np.empty((len(checks), n_val))
+        # one pass over the validation rows for all candidates (a streamed source
+        # regenerates its rows on every pass)
+        for lo, Xb in val_src.blocks():
+            for c, a_dev in enumerate(a_devs):
+                preds[c, lo:lo + Xb.shape[0]] = be.to_numpy(be.predict(Xb, W2d, a_dev, b2d, act))
+        direct = {i: float(np.mean((preds[c] - y_val_dev) ** 2)) for c, i in enumerate(checks)}
         best = min(direct, key=direct.get)
         lam = float(grid[best])
         self.ridge_path_ = [(float(l), g, direct.get(i)) for i, (l, g) in
