@@ -1579,8 +1579,10 @@ def choose_path(m, d=None, dtype=np.float32):
     rows: at d = 8192 "loops" / "gemm" / "blas" measured 1092 / 1270 / 845 ms
     (m = 512) but 261 / 324 / 266 ms (m = 128).  There stage 1 uses two
     whole-matrix, multi-threaded BLAS products ("blas": two reads of X, but at
-    sgemm rate) -- it is then numpy's own speed, never slower."""
-    if d is not None and d >= BLAS_MIN_D and m >= 256:
+    sgemm rate) -- it is then numpy's own speed, never slower.  From d = 8192
+    that holds from m = 128 (n = 16384: loops 455 / blas 420 ms; n = 36000:
+    978 / 962 ms; at d = 4096 loops still wins, 387 / 420 ms)."""
+    if d is not None and d >= BLAS_MIN_D and (m >= 256 or (m >= 128 and d >= 2 * BLAS_MIN_D)):
         return "blas"
     return "loops" if m < GEMM_MIN_WIDTH else "gemm"
 

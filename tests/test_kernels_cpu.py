@@ -122,7 +122,8 @@ def test_serial_variant_and_auto_path():
     f = cpu.predict(X, W, a, b, "logcosh", parallel=False)
     assert rel(f, ref.predict(X, W, a, b, "logcosh")) < 1e-11
     assert cpu.choose_path(8) == "loops" and cpu.choose_path(4096) == "gemm"
-    assert cpu.choose_path(512, d=8192) == "blas" and cpu.choose_path(128, d=8192) == "loops"
+    assert cpu.choose_path(512, d=8192) == "blas" and cpu.choose_path(128, d=8192) == "blas"
+    assert cpu.choose_path(128, d=4096) == "loops" and cpu.choose_path(64, d=8192) == "loops"
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-5), (np.float64, 1e-11)])
