@@ -264,3 +264,30 @@ def test_missing_matplotlib_skips_the_figure(tmp_path, monkeypatch):
     assert rows and (tmp_path / "scaling.csv").exists() and (tmp_path / "summary.json").exists()
     assert not (tmp_path / "scaling.png").exists()
     assert any(m.startswith("figure skipped: matplotlib is not installed") for m in msgs)
+
+
+def test_short_points_are_repeated_and_the_median_run_kept(monkeypatch):
+    from mimfast.schedule import train as real_train
+    totals = iter([0.5, 0.1, 0.3])  # the kept run must be the median one (0.3)
+    calls = []
+
+    def fake_train(*args, **kwargs):
+        rec = real_train(*args, **kwargs)
+        t = next(totals)
+        rec["timings"] = {**rec["timings"], "total": t}
+        calls.append(rec)
+        return rec
+
+    monkeypatch.setattr("mimfast.schedule.train", fake_train)
+    monkeypatch.setattr(scaling, "MAX_REPEATS", 3)
+    cfg = scaling.point_config(16, 0, SETTINGS)
+    row = scaling.run_point(cfg, warm=False)
+    assert row["repeats"] == 3 and len(calls) == 3
+    assert row["time_total"] == 0.3
+    # same seed, same data: every repeat trains the same network
+    assert all(c["test_rel_mse"] == calls[0]["test_rel_mse"] for c in calls)
+
+    monkeypatch.setattr(scaling, "MIN_POINT_SECONDS", 0.0)
+    totals = iter([0.7])
+    row = scaling.run_point(cfg, warm=False)
+    assert row["repeats"] == 1 and row["time_total"] == 0.7
