@@ -26,7 +26,10 @@ RTOL = {np.float32: 2e-5, np.float64: 1e-11}
 # narrow layout with whole 12-pair k tiles plus leftover pairs and an odd d,
 # over several 48-row sub-blocks of the outer-product kB (n = 211, d = 53);
 # the transposed narrow stage-1 kB with 48-k tiles, single k-vectors and
-# scalar k left over (d = 123; m = 4 is narrow in both dtypes, m = 8 in float32).
+# scalar k left over (d = 123; m = 4 is narrow in both dtypes, m = 8 in float32);
+# the narrow stage-1 kernels over several L2-sized super-blocks and a partial
+# one, kB prefetching the next super-block (and, at the end, past the array)
+# (n = 601, d = 1030: 120-row super-blocks in float32, 48-row in float64).
 SHAPES = [
     (5, 3, 2),
     (37, 1, 2),
@@ -39,6 +42,7 @@ SHAPES = [
     (130, 29, 3),
     (97, 123, 4),
     (61, 123, 8),
+    (601, 1030, 4),
 ]
 
 
