@@ -1251,6 +1251,42 @@ def _s1_rows(H, nr, nrp, mcols, y, y0, a, b, m, act, kind, delta, offset, S):
 
 
 @njit(**_JIT)
+def _s1_rows_narrow(H, nr, y, y0, aL, bL, act, kind, delta, offset, SA):
+    """_s1_rows for the narrow layout: H is (rows, L) with the m <= L/2 used
+    columns first and zeros after, aL / bL are a / b zero-padded to L.  The
+    elementwise loop runs over all L columns of every row, a fixed trip count
+    that LLVM vectorises (per-row loops over m columns did not: 86 -> 42 ns per
+    row at m = 8); padded columns hold 0 and give 0 (a = b = 0, sigma(0) = 0)."""
+    C = vlanes(H) // 2
+    for r in range(nr):
+        Hr = H[r]
+        Sr = SA[r]
+        if act == 0:
+            for j in range(vlanes(H)):
+                s, ds = _pair_logcosh(Hr[j] + bL[j])
+                Sr[j] = aL[j] * s
+                Hr[j] = ds
+        elif act == 1:
+            for j in range(vlanes(H)):
+                s, ds = _pair_quadratic(Hr[j] + bL[j])
+                Sr[j] = aL[j] * s
+                Hr[j] = ds
+        else:
+            for j in range(vlanes(H)):
+                s, ds = _pair_relu(Hr[j] + bL[j])
+                Sr[j] = aL[j] * s
+                Hr[j] = ds
+    lsum = 0.0
+    for r in range(nr):
+        f = _cast_like(_sum64(SA[r], C), aL[0])
+        c, v = _loss_pair(f, y[y0 + r], kind, delta, offset)
+        lsum += v
+        for j in range(C):   # only the used half: the padding must stay exactly 0
+            H[r, j] = (c * aL[j]) * H[r, j]
+    return lsum
+
+
+@njit(**_JIT)
 def _act_rows(H, nr, b, m, act):
     """H[r, j] <- sigma(H[r, j] + b[j]) for rows r < nr, columns j < m."""
     for r in range(nr):
@@ -1370,8 +1406,14 @@ def _s1_loops_chunk(X, y, Wp, a, b, m, act, kind, delta, offset, r0, r1, SB, Gac
     d = X.shape[1]
     npan, NB, mcols, L = _loops_layout(d, Wp, ks)
     last1 = m - (npan - 1) * NB <= L
-    hcols = L // 2 if ks == 2 else mcols      # columns the elementwise stage sees
-    H = np.empty((SB, mcols), X.dtype)
+    # narrow layout: H is zeroed once, kernel A writes only its L/2 columns and
+    # _s1_rows_narrow keeps the rest at 0
+    H = np.zeros((SB, mcols), X.dtype)
+    SA = np.zeros((SB if ks == 2 else 1, mcols), X.dtype)
+    aL = np.zeros(mcols, X.dtype)
+    bL = np.zeros(mcols, X.dtype)
+    aL[:m] = a[:m]
+    bL[:m] = b[:m]
     Xt = np.zeros((R, d), X.dtype)
     Gp = np.zeros(Gacc.shape, X.dtype)
     S = np.empty(m, X.dtype)
@@ -1388,7 +1430,10 @@ def _s1_loops_chunk(X, y, Wp, a, b, m, act, kind, delta, offset, r0, r1, SB, Gac
             _pass_At_rows(X, sb0, nr, Wp, H)
         else:
             _pass_A(X, Xt, sb0, ng, rem, Wp, H, last1)
-        lsum += _s1_rows(H, nr, nrp, hcols, y, sb0, a, b, m, act, kind, delta, offset, S)
+        if ks == 2:
+            lsum += _s1_rows_narrow(H, nr, y, sb0, aL, bL, act, kind, delta, offset, SA)
+        else:
+            lsum += _s1_rows(H, nr, nrp, mcols, y, sb0, a, b, m, act, kind, delta, offset, S)
         if ks == 2:
             _pass_Bt_rows(X, sb0, nr, H, Gp)
         else:
