@@ -1739,10 +1739,13 @@ def _narrow_superblock_rows(d, itemsize):
     # Stage 1 at narrow widths: kernel B runs from cache at the FMA rate and
     # prefetches the next super-block into L2 meanwhile (kernel A, which reads X
     # from memory first, was the slow half).  So two super-blocks plus W^T and
-    # G^T (L/2 x d each: 32 d bytes in either dtype) must share the L2.
+    # G^T (L/2 x d each: 32 d bytes in either dtype) should share the L2 -- but
+    # kernel B also loads and stores all of G^T once per super-block, so below
+    # 48 rows that traffic costs more than the spill (one thread, m = 8:
+    # d = 8192 28.6 ms at 12 rows, 24.9 ms at 48; d = 4096 29.0 / 24.3 ms).
     free = _l2_per_core() - 2 * 32 * d
     rows = max(0, free) // 2 // max(1, d * itemsize)
-    return int(min(32, max(1, rows // _ROWS)) * _ROWS)
+    return int(min(32, max(4, rows // _ROWS)) * _ROWS)
 
 
 def _gemm_block_rows(d, m, itemsize):

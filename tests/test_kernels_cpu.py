@@ -29,7 +29,7 @@ RTOL = {np.float32: 2e-5, np.float64: 1e-11}
 # scalar k left over (d = 123; m = 4 is narrow in both dtypes, m = 8 in float32);
 # the narrow stage-1 kernels over several L2-sized super-blocks and a partial
 # one, kB prefetching the next super-block (and, at the end, past the array)
-# (n = 601, d = 1030: 120-row super-blocks in float32, 48-row in float64).
+# (n = 601, d = 1030: 108-row super-blocks in float32, 48-row in float64).
 SHAPES = [
     (5, 3, 2),
     (37, 1, 2),
