@@ -212,8 +212,8 @@ class CupyBackend(Backend):
         return (g - offset).astype(t.dtype, copy=False)
 
     def sample(self, task, n, stream, start, dtype):
-        from .tasks import STREAMS
-        sid = STREAMS[stream] if isinstance(stream, str) else int(stream)
+        from .tasks import stream_id
+        sid = stream_id(stream)
         X = self.kernels.sample_gaussian_rows(task.seed, sid, start, start + n, task.d,
                                               np.dtype(dtype))
         U = self.xp.asarray(task.U, dtype=X.dtype)

@@ -15,8 +15,10 @@ import json
 import math
 import os
 import sys
+import tempfile
+import warnings
 
-from .errors import MimfastInputError
+from .errors import MimfastInputError, MimfastWarning
 
 SUBCOMMAND_MODULES = ("mimfast.bench", "mimfast.scaling", "mimfast.studies")
 
@@ -92,41 +94,72 @@ def _add_run(sub):
     p.add_argument("--n2", type=positive_int, default=None,
                    help="stage-2 samples (default 16 d ln d)")
     p.add_argument("--n-test", type=positive_int, default=None,
-                   help="test samples (default min(max(n1/4, 4096), 65536))")
+                   help="test samples (default: n1 // 4 of the n1 in use, clipped to "
+                        "[4096, 65536])")
     p.add_argument("--method", default="layerwise", help="layerwise or spectral")
     add_common_training_args(p)
     p.add_argument("--seed", type=positive_int, default=0,
                    help="seed of the task (U, data) and of the network's initialisation")
     p.add_argument("--baselines", action="store_true",
                    help="also run the one-step (T1=1) and spectral baselines")
-    p.add_argument("--json", metavar="PATH", default=None, help="write the record as JSON (missing parent folders are created)")
+    p.add_argument("--json", metavar="PATH", default=None,
+                   help="write the record as JSON (missing parent folders are created "
+                        "before the run)")
     p.add_argument("--quiet", action="store_true", help="no table")
     p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args):
     from .schedule import train
-    if args.json:
+    if args.json is not None:
         check_output_path(args.json)
     from .tasks import NATURAL_R, MultiIndexTask
     r = args.r if args.r is not None else NATURAL_R.get(args.target, 2)
     task = MultiIndexTask(d=args.d, r=r, link=args.target, noise=args.noise, seed=args.seed)
-    rec = train(task, args.n1, args.n2, args.n_test, width=args.width, t1=args.t1,
-                loss=args.loss, delta=args.delta, activation=args.activation,
-                stage2_activation=args.stage2_activation, method=args.method,
-                backend=args.backend, dtype=args.dtype, seed=args.seed,
-                threads=args.threads, baselines=args.baselines, data=args.data)
+    with one_line_warnings():
+        rec = train(task, args.n1, args.n2, args.n_test, width=args.width, t1=args.t1,
+                    loss=args.loss, delta=args.delta, activation=args.activation,
+                    stage2_activation=args.stage2_activation, method=args.method,
+                    backend=args.backend, dtype=args.dtype, seed=args.seed,
+                    threads=args.threads, baselines=args.baselines, data=args.data,
+                    notify=None if args.quiet else (lambda line: print(line, file=sys.stderr)))
     if not args.quiet:
         print(format_record(rec))
-    if args.json:
+    if args.json is not None:
         write_json(args.json, rec)
         if not args.quiet:
             print(f"wrote {args.json}")
     return 0
 
 
+class one_line_warnings(warnings.catch_warnings):
+    """mimfast's warnings as one "warning: ..." line on stderr each, once per text."""
+
+    def __enter__(self):
+        out = super().__enter__()
+        warnings.simplefilter("always", MimfastWarning)
+        shown = set()
+        default = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            if not issubclass(category, MimfastWarning):
+                return default(message, category, *args, **kwargs)
+            if str(message) not in shown:
+                shown.add(str(message))
+                print(f"warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = show
+        return out
+
+
 def check_output_path(path, what="--json"):
-    """Fail before any work if the output file cannot be written."""
+    """Fail before any work if the output file cannot be written.
+
+    Missing parent folders are created here, before the run; a real probe file
+    tests the folder (os.access says yes to root everywhere, even on /proc).
+    """
+    if not path:
+        raise MimfastInputError(f"{what} is empty; give a file path, e.g. {what} run.json")
     full = os.path.abspath(path)
     if os.path.isdir(full):
         raise MimfastInputError(f"{what} {path!r} is a directory; give a file path")
@@ -136,8 +169,15 @@ def check_output_path(path, what="--json"):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         raise MimfastInputError(f"{what} {path!r}: {probe!r} is a file, not a folder")
-    if not os.access(probe, os.W_OK):
-        raise MimfastInputError(f"{what} {path!r}: {probe!r} is not writable")
+    try:
+        os.makedirs(parent, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".mimfast-probe-")
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as exc:
+        raise MimfastInputError(
+            f"{what} {path!r}: cannot write into folder {parent!r} "
+            f"({exc.strerror or exc}); give a path in a writable folder") from None
 
 
 def _finite_or_none(o):
@@ -151,17 +191,19 @@ def _finite_or_none(o):
     return o
 
 
-def write_json(path, obj):
+def write_json(path, obj, what="--json"):
     """Atomic, strict JSON write (temp file + rename; NaN/inf become null)."""
-    check_output_path(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
+    check_output_path(path, what)
     tmp = f"{os.path.abspath(path)}.tmp{os.getpid()}"
     try:
         with open(tmp, "w") as fh:
             json.dump(_finite_or_none(json.loads(json.dumps(obj, default=_json_default))),
                       fh, indent=2, allow_nan=False)
         os.replace(tmp, path)
+    except OSError as exc:
+        # name the option and the user's path, not the temp file the error carries
+        raise MimfastInputError(
+            f"{what} {path!r}: writing the file failed ({exc.strerror or exc})") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -285,7 +327,7 @@ def cmd_info(args):
                       ", ".join(f"{kk}={vv}" for kk, vv in d.items()))
         else:
             print(f"{k:<{width}}  {', '.join(v) if isinstance(v, list) else v}")
-    if args.json:
+    if args.json is not None:
         write_json(args.json, info)
     return 0
 

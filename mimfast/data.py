@@ -54,7 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .errors import available_memory_bytes
-from .tasks import CHUNK_ROWS, STREAMS, chunk_seed
+from .tasks import CHUNK_ROWS, check_sample_memory, chunk_seed, stream_id
 
 DEFAULT_BLOCK_ROWS = None  # None: streamed_block_rows(d, dtype, budget)
 STREAM_BLOCK_TARGET = 256 * 2 ** 20
@@ -241,7 +241,9 @@ def sample_rows(task, n, stream="stage1", start=0, dtype="float64", threads=None
     start = check_int(start, "start", 0)
     dt = check_dtype(dtype)
     d = task.d
-    sid = STREAMS[stream] if isinstance(stream, str) else int(stream)
+    sid = stream_id(stream)
+    if out is None:
+        check_sample_memory(n, d, dt)
     X = np.empty((n, d), dtype=dt) if out is None else out
     if X.shape != (n, d) or X.dtype != dt or not X.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous ({n}, {d}) {dt}")
@@ -260,7 +262,9 @@ def sample_rows(task, n, stream="stage1", start=0, dtype="float64", threads=None
         fill(rng, buf, X[lo - start:hi - start], lo - base, hi - base, labels)
         if labels:
             yc = task.labels(buf, rng)  # same float64 rows, same rng state: same labels
-            y[lo - start:hi - start] = yc[lo - base:hi - base]
+            # labels beyond the dtype's range become inf; schedule.train names the cause
+            with np.errstate(over="ignore", invalid="ignore"):
+                y[lo - start:hi - start] = yc[lo - base:hi - base]
 
     chunks = range(first, last + 1)
     workers = min(sampler_threads(threads), len(chunks))

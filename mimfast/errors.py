@@ -9,6 +9,10 @@ class MimfastInputError(ValueError):
     """Bad input: the message names the argument and says how to fix it."""
 
 
+class MimfastWarning(UserWarning):
+    """A run that works but probably not as meant (the CLI shows these as one line)."""
+
+
 SUPPORTED_DTYPES = ("float32", "float64")
 
 

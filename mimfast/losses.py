@@ -13,6 +13,8 @@ kernels as ``square`` with y replaced by T(y).
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -65,15 +67,42 @@ def _even_clip_transform(cap):
 LOSSES = ("square", "huber", "pseudo_huber", "even", "even_clip")
 
 
-def get_loss(spec, delta=1.0):
-    """Loss from a name, a Loss, or a callable label transform T(y)."""
+def _check_transform(spec):
+    try:
+        sig = inspect.signature(spec)
+    except (TypeError, ValueError):  # some builtins have none: let the call decide
+        return
+    try:
+        sig.bind(np.zeros(1))
+    except TypeError:
+        raise MimfastInputError(
+            f"loss={getattr(spec, '__name__', spec)!r}: a callable loss must take one "
+            f"argument, the label array, and return T(y); it has the signature {sig}")
+
+
+def get_loss(spec, delta=1.0, dtype="float64"):
+    """Loss from a name, a Loss, or a callable label transform T(y).
+
+    ``dtype`` is the dtype the kernels compute in: delta^2 must fit in it.
+    """
     if isinstance(spec, Loss):
         return spec
     if callable(spec):
+        _check_transform(spec)
         return Loss(name=getattr(spec, "__name__", "transform"), kind="square",
                     transform=spec)
     if not isinstance(delta, (int, float)) or not np.isfinite(delta) or delta <= 0:
         raise MimfastInputError(f"delta={delta!r} must be a positive finite number")
+    if spec in ("huber", "pseudo_huber", "even_clip"):
+        dt = np.dtype(dtype)
+        # the kernels form delta^2 (even_clip: (2 delta)^2); past sqrt(max) it is inf
+        # and pseudo-Huber turns into inf * 0 = NaN
+        limit = math.sqrt(float(np.finfo(dt).max)) / (2.0 if spec == "even_clip" else 1.0)
+        if delta > limit:
+            raise MimfastInputError(
+                f"delta={delta!r} is too large for {dt.name}: the {spec} loss squares it; "
+                f"pass delta <= {limit:.3g} (a delta far above every |label| already acts "
+                "as the square loss)")
     if spec == "square":
         return Loss("square", "square")
     if spec == "huber":

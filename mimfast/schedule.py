@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -28,10 +29,10 @@ from .activations import check_activation
 from .backends import get_backend
 from .data import (ArraySource, TaskSource, bytes_needed, mode_name, plan_sources,
                    streamed_block_bytes, streamed_sources)
-from .errors import (MimfastInputError, available_memory_bytes, check_choice,
-                     check_dtype, check_finite, check_int, human_bytes)
+from .errors import (MimfastInputError, MimfastWarning, available_memory_bytes,
+                     check_choice, check_dtype, check_finite, check_int, human_bytes)
 from .losses import get_loss
-from .tasks import STREAMS
+from .tasks import STREAMS, MultiIndexTask
 
 METHODS = ("layerwise", "spectral")
 DEFAULT_RIDGE = tuple(float(v) for v in np.logspace(-8, 1, 19))
@@ -40,6 +41,11 @@ DEFAULT_RIDGE = tuple(float(v) for v in np.logspace(-8, 1, 19))
 def auto_t1(d):
     """Default number of stage-1 steps: grows like sqrt(log d) (DESIGN.md; ours)."""
     return max(2, int(math.ceil(2.0 * math.sqrt(math.log(max(int(d), 2))))))
+
+
+def width_warning(width, r):
+    return (f"width={width} gives {width // 2} +/- neuron pairs for r={r} hidden directions: "
+            f"width/2 < r pairs cannot span all r directions; use width >= {2 * r}")
 
 
 @contextmanager
@@ -71,12 +77,13 @@ class LayerwiseRegressor:
     val_fraction : share of stage-2 rows held out to choose the ridge penalty.
     ridge_checks : how many of the best penalties (by the Gram identity) are confirmed
         by direct residuals on the held-out rows.
-    method : "layerwise" (stage 1 by GD) or "spectral" (top-r eigenvectors of Sigma_l).
-    spectral_rank : r for the spectral method (default: the task's r).
+    method : "layerwise" (stage 1 by GD) or "spectral" (top-r eigenvectors of Sigma_l;
+        it takes no steps, so t1 must stay "auto").
+    spectral_rank : int in [1, d], r for the spectral method (default: the subspace's r).
     power_iters : matrix-free power iterations for the auto step size.
     backend : "auto", "numpy", "numba", "cupy" or a Backend.
     dtype : "float32" or "float64".
-    seed : int, seeds the initialisation and the stage-2 biases.
+    seed : int >= 0, seeds the initialisation and the stage-2 biases.
     threads : CPU threads for the kernels (None: all).
     progress : show a progress bar over stage-1 steps (None: only on a terminal).
     """
@@ -139,7 +146,7 @@ class LayerwiseRegressor:
         return f"{type(self).__name__}({', '.join(changed)})"
 
     # ------------------------------------------------------------------ checks
-    def _validate(self, d, n1):
+    def _validate(self, d, n1, n2=None):
         width = check_int(self.width, "width", 2, " (neurons come in +/- pairs)")
         if width % 2:
             raise MimfastInputError(
@@ -148,8 +155,24 @@ class LayerwiseRegressor:
             raise MimfastInputError(
                 f"stage-1 sample size n1={n1} is smaller than width={width}; "
                 "pass more samples or a smaller width")
+        if n2 is not None and n2 < width:
+            raise MimfastInputError(
+                f"stage-2 sample size n2={n2} is smaller than width={width}: stage 2 fits "
+                "width coefficients; pass more samples or a smaller width")
         if self.t1 != "auto":
             check_int(self.t1, "t1", 0, " (or 'auto')")
+            if self.method == "spectral":
+                raise MimfastInputError(
+                    f"t1={self.t1!r} has no meaning for method='spectral' (it takes no "
+                    "gradient steps, it computes eigenvectors); leave t1='auto'")
+        if self.spectral_rank is not None:
+            rank = check_int(self.spectral_rank, "spectral_rank", 1,
+                             " (the number of eigenvectors the spectral method keeps)")
+            if rank > d:
+                raise MimfastInputError(
+                    f"spectral_rank={rank} exceeds d={d}: Sigma_l has only d eigenvectors; "
+                    f"pass spectral_rank <= {d}")
+        check_int(self.seed, "seed", 0, " (seeds are non-negative integers)")
         for name in ("eta", "weight_decay"):
             v = getattr(self, name)
             if v != "auto" and (not isinstance(v, (int, float)) or not math.isfinite(v)
@@ -178,6 +201,10 @@ class LayerwiseRegressor:
     def _as_source(self, X, y, backend, name):
         if hasattr(X, "blocks"):
             return X
+        if y is None:
+            raise MimfastInputError(
+                f"{name} y is required: pass the labels as well, e.g. fit(X, y) or "
+                "stage2=(X2, y2) (or a data source instead of X)")
         dt = check_dtype(self.dtype)
         X = np.asarray(X)
         y = np.asarray(y)
@@ -208,11 +235,16 @@ class LayerwiseRegressor:
             src, src2 = src.split(src.n // 2)
         elif hasattr(stage2, "blocks"):
             src2 = stage2
-        else:
+        elif isinstance(stage2, (tuple, list)) and len(stage2) == 2:
             src2 = self._as_source(stage2[0], stage2[1], be, "stage-2")
+        else:
+            got = (f"an array of shape {np.shape(stage2)}" if hasattr(stage2, "shape")
+                   else type(stage2).__name__)
+            raise MimfastInputError(
+                f"stage2 must be a tuple (X2, y2) or a data source; got {got}")
         if src2.d != src.d:
             raise MimfastInputError(f"stage-2 X has d={src2.d} but stage-1 X has d={src.d}")
-        width = self._validate(src.d, src.n)
+        width = self._validate(src.d, src.n, src2.n)
         n_val = max(1, int(round(src2.n * float(self.val_fraction))))
         if src2.n - n_val < 1:
             raise MimfastInputError(f"stage-2 sample size {src2.n} is too small to hold out "
@@ -224,9 +256,13 @@ class LayerwiseRegressor:
         if U is not None and (U.ndim != 2 or U.shape[1] != src.d):
             raise MimfastInputError(f"subspace must have shape (r, {src.d}); got {U.shape}")
         self.subspace_ = U
-        rank = self.spectral_rank or (U.shape[0] if U is not None else None)
+        rank = self.spectral_rank if self.spectral_rank is not None else (
+            U.shape[0] if U is not None else None)
         if self.method == "spectral" and rank is None:
             raise MimfastInputError("method='spectral' needs spectral_rank (or a subspace)")
+        r = U.shape[0] if U is not None else self.spectral_rank
+        if self.method == "layerwise" and r is not None and width // 2 < r:
+            warnings.warn(width_warning(width, r), MimfastWarning, stacklevel=2)
 
         with _timer(self.timings_, "stage1"):
             W = self._stage1(src, width, rank)
@@ -238,7 +274,8 @@ class LayerwiseRegressor:
 
     # ------------------------------------------------------------------ stage 1
     def _stage1_labels(self, src):
-        loss = get_loss(self.loss, self.delta)
+        dt = check_dtype(self.dtype)
+        loss = get_loss(self.loss, self.delta, dt)
         yk = loss.kernel_labels(np.asarray(src.labels()))
         c0 = loss.grad(np.zeros_like(yk), yk)
         if not np.all(np.isfinite(c0)):
@@ -246,7 +283,8 @@ class LayerwiseRegressor:
             raise MimfastInputError(
                 f"loss={self.loss!r}: the label transform l'(0, y) is NaN/inf for {bad} of "
                 f"{np.size(c0)} labels (in {np.asarray(yk).dtype}); check the loss and the "
-                "labels (huge --noise overflows float32: use --dtype float64)")
+                "labels" + (" (huge --noise overflows float32: use --dtype float64)"
+                            if dt != np.float64 else ""))
         offset = 0.0
         if self.center:
             offset = float(np.mean(c0, dtype=np.float64))
@@ -309,8 +347,9 @@ class LayerwiseRegressor:
                         raise MimfastInputError(
                             f"the label-weighted matrix Sigma_l overflows {dt.name} (its "
                             "power iteration gave NaN/inf): the labels are too large for "
-                            "this dtype; use dtype='float64', less noise or a bounded loss "
-                            "(huber)")
+                            "this dtype; use "
+                            + ("dtype='float64', " if dt != np.float64 else "")
+                            + "less noise or a bounded loss (huber)")
                     if lam == 0.0:
                         raise MimfastInputError(
                             "the label-weighted matrix Sigma_l is zero for this loss and "
@@ -463,24 +502,41 @@ class LayerwiseRegressor:
 
     def score(self, X, y):
         """Coefficient of determination R^2 = 1 - MSE / Var(y) (higher is better, as in
-        scikit-learn); ``1 - score`` is the relative MSE that mimfast reports."""
+        scikit-learn); ``1 - score`` is the relative MSE that mimfast reports.
+
+        ``y`` is checked as in ``fit`` (one finite number per row of X).  For a
+        constant ``y`` (Var y = 0) R^2 is undefined; as scikit-learn's ``r2_score``
+        (force_finite=True) the score is then 1.0 if the predictions equal y
+        exactly and 0.0 otherwise.
+        """
         pred = self.predict(X)
         y = np.asarray(y)
         if y.shape != pred.shape:
             raise MimfastInputError(f"y has shape {y.shape} but X has {pred.shape[0]} rows; "
                                     "pass one label per row of X")
+        if y.dtype.kind not in "fiu":
+            raise MimfastInputError(f"y must be numeric; got {y.dtype}")
+        check_finite(y, "y", "remove or impute them before scoring")
+        y = y.astype(np.float64)
+        if np.var(y) == 0:
+            return 1.0 if np.array_equal(pred, y) else 0.0
         return 1.0 - metrics.relative_mse(pred, y)
 
 
 # ---------------------------------------------------------------------- train
+def default_n_test(n1):
+    """Test rows: n1 // 4, clipped to [4096, 65536]."""
+    return min(max(int(n1) // 4, 4096), 65536)
+
+
 def default_sizes(d, r=2):
     """Stage-1/2 sample sizes n = C d ln d (C = 16, ours) and a test size."""
     n = int(16 * d * math.log(max(d, 2)))
-    return n, n, min(max(n // 4, 4096), 65536)
+    return n, n, default_n_test(n)
 
 
 def plan_memory(d, n1, n2, n_test, dtype, width, data="auto", memory_budget=None,
-                method="layerwise"):
+                method="layerwise", baselines=False):
     """Decide materialised vs streamed data; raise if even streaming cannot fit.
 
     Returns "materialise", "stream", or "stream:<sources>" (see
@@ -495,14 +551,24 @@ def plan_memory(d, n1, n2, n_test, dtype, width, data="auto", memory_budget=None
     budget = memory_budget if memory_budget is not None else (
         int(0.6 * avail) if avail else None)
     # weights and their temporaries, the labels (held whole on the host, float64 plus
-    # the working copy) and, for the spectral method, the d x d matrix and its eigh
-    fixed = (8 * d * width * itemsize + (n1 + n2 + n_test) * (8 + itemsize) * 2
-             + (d * d * 8 * 2 if method == "spectral" else 0))
+    # the working copy) and, for the spectral method (main or baseline), the d x d
+    # matrix and its eigh
+    spectral = d * d * 8 * 2 if method == "spectral" or baselines else 0
+    fixed = 8 * d * width * itemsize + (n1 + n2 + n_test) * (8 + itemsize) * 2 + spectral
     # one streamed X block (sized by data.streamed_block_rows for this d and budget),
     # the sampler's float64 chunk buffers and the kernels' (rows x width) temporaries
     stream_block = streamed_block_bytes(d, dtype, budget, width=width)
     data_bytes = bytes_needed(n1 + n2 + n_test, d, dtype)
-    if budget is not None and fixed + min(stream_block, data_bytes) > budget:
+    need = fixed + min(stream_block, data_bytes)
+    if budget is not None and need > budget:
+        if 2 * spectral > need:  # the d x d matrix dominates: smaller n would not help
+            raise MimfastInputError(
+                f"d={d} needs at least {human_bytes(need)}, of which the "
+                f"explicit spectral method's d x d matrix and its eigh take "
+                f"{human_bytes(spectral)}, but the memory budget is {human_bytes(budget)}; "
+                "use a smaller d or "
+                + ("the layerwise method (--method layerwise)" if method == "spectral"
+                   else "drop the baselines (--baselines)"))
         raise MimfastInputError(
             f"d={d}, width={width}, n1+n2+n_test={n1 + n2 + n_test} need at least "
             f"{human_bytes(fixed + stream_block)} even with streamed data (weights, labels, "
@@ -527,40 +593,72 @@ def plan_memory(d, n1, n2, n_test, dtype, width, data="auto", memory_budget=None
     return data
 
 
+def streaming_note(data, mode, d, sizes, dtype, est, baselines=False, memory_budget=None):
+    """One line saying what a streamed plan costs (the CLI prints it before the run)."""
+    from .data import SOURCES, default_memory_budget
+    streamed = [s for s in SOURCES if s in streamed_sources(mode)]
+    held = sum(bytes_needed(n, d, dtype) for s, n in zip(SOURCES, sizes) if s in streamed)
+    budget = default_memory_budget(memory_budget)
+    line = (f"note: data={data} streams {', '.join(streamed)} ({human_bytes(held)} if held"
+            + (f", memory budget {human_bytes(budget)}" if budget else "")
+            + "): rows are regenerated on every pass")
+    if "stage1" in streamed:
+        # stage 1 reads its rows once for the labels, once per power iteration (auto
+        # step size) and once per step; the one-step and spectral baselines add theirs
+        power = int(est.power_iters) if est.eta == "auto" else 0
+        if est.method == "spectral":
+            passes, how = 2, "labels + Sigma_l"
+        else:
+            t1 = auto_t1(d) if est.t1 == "auto" else int(est.t1)
+            passes, how = 1 + power + t1, f"1 + power_iters {power} + T1 {t1}"
+        if baselines:
+            passes, how = passes + power + 2, how + " + baselines"
+        line += f", about {passes} passes over the stage-1 rows ({how}): expect a long run"
+    return line
+
+
 def train(task, n1=None, n2=None, n_test=None, *, width=256, t1="auto", loss="square",
           activation="logcosh", stage2_activation=None, method="layerwise",
           backend="auto", dtype="float32", seed=0, threads=None, baselines=False,
-          data="auto", memory_budget=None, progress=None, **params):
+          data="auto", memory_budget=None, progress=None, notify=None, **params):
     """Run one experiment on a task and return a flat record (dict).
 
     Keys include test_rel_mse, sin_theta (per direction, descending),
     energy_in_u, t1, n1, n2, width, backend, dtype, timings (seconds per stage)
     and, with ``baselines=True``, a ``baselines`` dict for the one-step (t1=1)
-    and spectral methods on the same data and seed.
+    and spectral methods on the same data and seed.  ``notify`` (a callable
+    taking one line of text) is told before any work starts when the plan
+    streams data, which makes the run much slower (the CLI prints it).
     """
+    if not isinstance(task, MultiIndexTask):
+        raise MimfastInputError(
+            f"task={task!r} is not a task: pass a MultiIndexTask, e.g. "
+            "train(MultiIndexTask(d=512, r=2, link='he2'), ...)")
     d = task.d
-    dn1, dn2, dnt = default_sizes(d, task.r)
+    dn1, dn2, _ = default_sizes(d, task.r)
     n1 = dn1 if n1 is None else check_int(n1, "n1", 1)
     n2 = dn2 if n2 is None else check_int(n2, "n2", 2)
-    n_test = dnt if n_test is None else check_int(
+    n_test = default_n_test(n1) if n_test is None else check_int(
         n_test, "n_test", 2, " (the test error needs at least 2 samples)")
     dt = check_dtype(dtype)
     mode = plan_memory(d, n1, n2, n_test, dt, width if isinstance(width, int) else 2,
-                       data, memory_budget, method)
+                       data, memory_budget, method, baselines)
     be = get_backend(backend, threads)
     # validate every hyper-parameter before spending time on data
     probe = LayerwiseRegressor(width=width, t1=t1, loss=loss, activation=activation,
                                stage2_activation=stage2_activation, method=method,
                                dtype=dt, seed=seed, **params)
-    probe._validate(d, n1)
-    get_loss(loss, params.get("delta", 1.0))
+    probe._validate(d, n1, n2)
+    kind = get_loss(loss, params.get("delta", 1.0), dt).kind
     if n2 < 4:
         raise MimfastInputError(f"n2={n2} is too small: stage 2 needs at least 4 rows")
     streamed = streamed_sources(mode)
+    if streamed and notify is not None:
+        notify(streaming_note(data, mode, d, (n1, n2, n_test), dt, probe, baselines,
+                              memory_budget))
     timings = {}
     with _timer(timings, "compile"):
-        be.warmup(d, int(width), dt, get_loss(loss, params.get("delta", 1.0)).kind,
-                  activation, stage2_activation)
+        be.warmup(d, int(width), dt, kind, activation, stage2_activation)
     with _timer(timings, "data"):
         s1, s2, st = (TaskSource(task, name, n, dt, be, streamed=name in streamed,
                                  memory_budget=memory_budget)
@@ -569,9 +667,19 @@ def train(task, n1=None, n2=None, n_test=None, *, width=256, t1="auto", loss="sq
             if not s.streamed:
                 next(s.blocks())
     y_test = np.asarray(st.labels(), dtype=np.float64)
+    big = float(np.finfo(dt).max)
     for name, src in (("stage-1", s1), ("stage-2", s2), ("test", st)):
+        # noise * N(0, 1) reaches |eps| ~ 5 in every large sample: from max / 8 on,
+        # non-finite labels are the noise term's doing, not the link's
+        if task.noise * 8 > big and not np.all(np.isfinite(src.labels())):
+            wider = dt != np.float64 and task.noise * 8 <= float(np.finfo(np.float64).max)
+            raise MimfastInputError(
+                f"noise={task.noise:g} overflows {dt.name}: noise x N(0, 1) draws exceed "
+                f"its largest value {big:.3g}; use "
+                + ("dtype='float64' (--dtype float64) or " if wider else "") + "less noise")
         check_finite(src.labels(), f"{name} labels of target {task.name!r}",
-                     "the link g returned NaN/inf: check it is finite on all of R^r")
+                     f"the link g returned NaN/inf or values beyond {dt.name}: check it is "
+                     "finite and moderate on all of R^r")
 
     def one(method_, t1_, prog):
         est = LayerwiseRegressor(width=width, t1=t1_, loss=loss, activation=activation,
@@ -627,6 +735,6 @@ def train(task, n1=None, n2=None, n_test=None, *, width=256, t1="auto", loss="sq
             record["baselines"]["one_step"] = {**{k: v for k, v in b1.items()
                                                   if k != "history"}, "method": "one_step"}
         if method != "spectral":
-            bs = one("spectral", 0, False)
+            bs = one("spectral", "auto", False)
             record["baselines"]["spectral"] = {k: v for k, v in bs.items() if k != "history"}
     return record

@@ -384,7 +384,8 @@ def train_config(cfg, threads=1, backend=None):
     task = make_task(cfg)
     be = backend or caching_backend(cfg["backend"], threads)
     method = cfg["method"]
-    t1 = 1 if method == "one_step" else cfg["t1"]
+    # a sweep may cross T1 with the methods; the spectral method takes no steps
+    t1 = 1 if method == "one_step" else "auto" if method == "spectral" else cfg["t1"]
     rec = train(task, cfg["n1"], cfg["n2"], cfg["n_test"], width=cfg["width"], t1=t1,
                 loss=resolve_loss(cfg["loss"]), delta=cfg["delta"],
                 activation=cfg["activation"],

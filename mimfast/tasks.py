@@ -22,6 +22,29 @@ from .errors import (MimfastInputError, available_memory_bytes, check_dtype, che
 
 CHUNK_ROWS = 1024
 STREAMS = {"stage1": 1, "stage2": 2, "test": 3, "init": 4}
+DATA_STREAMS = ("stage1", "stage2", "test")
+
+
+def stream_id(stream):
+    """The integer id of a stream name (or a raw id >= 0), else a clear error."""
+    if isinstance(stream, str):
+        if stream not in DATA_STREAMS:
+            raise MimfastInputError(
+                f"stream={stream!r} is unknown; choose one of: {', '.join(DATA_STREAMS)}")
+        return STREAMS[stream]
+    return check_int(stream, "stream", 0, " (or a name: " + ", ".join(DATA_STREAMS) + ")")
+
+
+def check_sample_memory(n, d, dtype):
+    """Refuse a sample that cannot fit, before np.empty (which may overcommit and
+    leave the fill to be OOM-killed) or a bare MemoryError."""
+    need = int(n) * (int(d) + 1) * np.dtype(dtype).itemsize
+    avail = available_memory_bytes()
+    if avail is not None and need > avail:
+        raise MimfastInputError(
+            f"n={n} rows at d={d} ({np.dtype(dtype).name}) need {human_bytes(need)} for X "
+            f"and y but only {human_bytes(avail)} is free; draw fewer rows, or draw them in "
+            "parts with start=")
 
 
 # --------------------------------------------------------------------------
@@ -165,14 +188,23 @@ class MultiIndexTask:
 
     def labels(self, X, rng=None):
         """g(UX) (+ noise when rng is given), float64."""
-        y = np.asarray(self.g(np.asarray(X, dtype=np.float64) @ self.U.T), dtype=np.float64)
+        y = np.asarray(self.g(np.asarray(X, dtype=np.float64) @ self.U.T))
+        if y.dtype.kind not in "biuf":
+            what = "complex" if y.dtype.kind == "c" else f"{y.dtype}"
+            raise MimfastInputError(
+                f"target link {self.g.name!r} returned {what} values; it must return real "
+                "numbers (take .real or abs() inside the link if that is what you mean)")
+        y = y.astype(np.float64, copy=False)
         if y.shape != (X.shape[0],):
             raise MimfastInputError(
                 f"target link {self.g.name!r} returned shape {y.shape} for z of shape "
                 f"({X.shape[0]}, {self.r}); it must return one label per row, shape "
                 f"({X.shape[0]},)")
         if rng is not None and self.noise > 0:
-            y = y + self.noise * rng.standard_normal(y.shape[0])
+            # an overflowing noise term becomes inf here; the caller that checks the
+            # labels says so (schedule.train), numpy need not warn as well
+            with np.errstate(over="ignore", invalid="ignore"):
+                y = y + self.noise * rng.standard_normal(y.shape[0])
         return y
 
     def _chunk(self, stream, chunk):
@@ -186,7 +218,8 @@ class MultiIndexTask:
         n = check_int(n, "n", 1)
         start = check_int(start, "start", 0)
         dt = check_dtype(dtype)
-        sid = STREAMS[stream] if isinstance(stream, str) else int(stream)
+        sid = stream_id(stream)
+        check_sample_memory(n, self.d, dt)
         X = np.empty((n, self.d), dtype=dt)
         y = np.empty(n, dtype=dt)
         first, last = start // CHUNK_ROWS, (start + n - 1) // CHUNK_ROWS
@@ -197,7 +230,8 @@ class MultiIndexTask:
             hi = min(start + n, (chunk + 1) * CHUNK_ROWS)
             src = slice(lo - chunk * CHUNK_ROWS, hi - chunk * CHUNK_ROWS)
             X[lo - start:hi - start] = Xc[src]
-            y[lo - start:hi - start] = yc[src]
+            with np.errstate(over="ignore", invalid="ignore"):  # float32 cast of huge labels
+                y[lo - start:hi - start] = yc[src]
 
         workers = threads or min(os.cpu_count() or 1, 8)
         chunks = range(first, last + 1)

@@ -44,3 +44,24 @@ def test_bad_loss_arguments():
         get_loss("huber", delta=-1.0)
     with pytest.raises(MimfastInputError, match="loss='l3' is unknown"):
         get_loss("l3")
+
+
+def test_delta_whose_square_overflows_the_dtype_is_rejected():
+    with pytest.raises(MimfastInputError, match=r"delta=1e\+300 is too large for float32: "
+                                                r"the huber loss squares it"):
+        get_loss("huber", delta=1e300, dtype="float32")
+    with pytest.raises(MimfastInputError, match="too large for float64: the pseudo_huber"):
+        get_loss("pseudo_huber", delta=1e200, dtype="float64")
+    with pytest.raises(MimfastInputError, match="too large for float64: the even_clip"):
+        get_loss("even_clip", delta=1e200)
+    assert get_loss("huber", delta=1e20, dtype="float64").delta == 1e20
+    assert get_loss("square", delta=1e300, dtype="float32").kind == "square"  # delta unused
+
+
+def test_callable_loss_must_take_one_argument():
+    with pytest.raises(MimfastInputError, match=r"must take one argument.*signature \(a, b\)"):
+        get_loss(lambda a, b: a)
+    with pytest.raises(MimfastInputError, match="must take one argument"):
+        get_loss(lambda: 1.0)
+    for ok in (np.abs, lambda y, k=2: y ** k, lambda *ys: ys[0]):
+        assert get_loss(ok).transform is ok

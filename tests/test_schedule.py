@@ -1,13 +1,15 @@
 import json
+import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 
 from mimfast import metrics
-from mimfast.errors import MimfastInputError
-from mimfast.schedule import LayerwiseRegressor, auto_t1, train
+from mimfast.errors import MimfastInputError, MimfastWarning
+from mimfast.schedule import LayerwiseRegressor, auto_t1, default_n_test, plan_memory, train
 from mimfast.tasks import MultiIndexTask
 
 
@@ -132,6 +134,16 @@ def _xy(n=100, d=6):
     (dict(eta=-1.0), "eta=-1.0"),
     (dict(method="magic"), "method='magic' is unknown"),
     (dict(width=400), "smaller than width=400"),
+    (dict(method="spectral", spectral_rank=7), "spectral_rank=7 exceeds d=6"),
+    (dict(method="spectral", spectral_rank=0), "spectral_rank=0 must be >= 1"),
+    (dict(method="spectral", spectral_rank=-1), "spectral_rank=-1 must be >= 1"),
+    (dict(method="spectral", spectral_rank=2.5), "spectral_rank=2.5 must be an integer"),
+    (dict(seed=-1), "seed=-1 must be >= 0"),
+    (dict(seed=None), "seed=None must be an integer"),
+    (dict(seed="a"), "seed='a' must be an integer"),
+    (dict(method="spectral", spectral_rank=2, t1=3),
+     "t1=3 has no meaning for method='spectral'"),
+    (dict(loss="huber", delta=1e300), "delta=1e\\+300 is too large for float32"),
 ])
 def test_bad_hyperparameters(params, match):
     X, y = _xy()
@@ -162,6 +174,62 @@ def test_bad_arrays():
         est.score(X, y[:-5])
     with pytest.raises(MimfastInputError, match="label transform .* NaN/inf for 50 of 50"):
         LayerwiseRegressor(width=4, backend="numpy", loss=lambda t: t * np.nan).fit(X, y)
+    with pytest.raises(MimfastInputError, match=r"stage2 must be a tuple \(X2, y2\) or a data "
+                                                r"source; got an array of shape \(100, 6\)"):
+        LayerwiseRegressor(width=4, backend="numpy").fit(X, y, stage2=X)
+    with pytest.raises(MimfastInputError, match="stage-1 y is required"):
+        LayerwiseRegressor(width=4, backend="numpy").fit(X)
+    with pytest.raises(MimfastInputError, match="stage-2 y is required"):
+        LayerwiseRegressor(width=4, backend="numpy").fit(X, y, stage2=(X, None))
+    with pytest.raises(MimfastInputError, match="callable loss must take one argument"):
+        LayerwiseRegressor(width=4, backend="numpy", loss=lambda t, u: t).fit(X, y)
+
+
+def test_stage2_smaller_than_width_is_rejected():
+    X, y = _xy()
+    with pytest.raises(MimfastInputError,
+                       match="stage-2 sample size n2=6 is smaller than width=8"):
+        LayerwiseRegressor(width=8, backend="numpy").fit(X, y, stage2=(X[:6], y[:6]))
+    with pytest.raises(MimfastInputError, match="n2=6 is smaller than width=8"):
+        train(small_task(), 800, 6, 200, width=8, backend="numpy")
+
+
+def test_train_needs_a_task():
+    with pytest.raises(MimfastInputError,
+                       match="task='he2' is not a task: pass a MultiIndexTask"):
+        train("he2", 800, 800, 200, width=8, backend="numpy")
+
+
+def test_score_checks_y_and_defines_constant_y():
+    X, y = _xy()
+    est = LayerwiseRegressor(width=4, backend="numpy", t1=1).fit(X, y)
+    yn = y.copy(); yn[5] = np.nan
+    with pytest.raises(MimfastInputError, match="y contains 1 NaN/inf value"):
+        est.score(X, yn)
+    assert est.score(X, np.full(100, 2.0)) == 0.0       # as r2_score(force_finite=True)
+    est.predict = lambda X: np.full(X.shape[0], 2.0)
+    assert est.score(X, np.full(100, 2.0)) == 1.0
+
+
+def test_narrow_width_warns_it_cannot_span_the_directions():
+    X, y = _xy()
+    U = small_task(d=6).U
+    with pytest.warns(MimfastWarning, match="width/2 < r pairs cannot span all r directions"):
+        LayerwiseRegressor(width=2, backend="numpy", t1=1).fit(X, y, subspace=U)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MimfastWarning)
+        LayerwiseRegressor(width=4, backend="numpy", t1=1).fit(X, y, subspace=U)
+
+
+def test_spectral_baseline_runs_beside_an_explicit_t1():
+    rec = train(small_task(), 800, 800, 200, width=8, t1=2, backend="numpy", baselines=True)
+    assert rec["t1"] == 2 and rec["baselines"]["spectral"]["t1"] == 0
+
+
+def test_default_n_test_follows_the_n1_in_use():
+    assert default_n_test(5000) == 4096 and default_n_test(40000) == 10000
+    assert default_n_test(10**7) == 65536
+    assert train(small_task(), 40000, 800, width=8, backend="numpy", t1=1)["n_test"] == 10000
 
 
 def test_estimator_params_protocol():
@@ -179,6 +247,44 @@ def test_overflowing_labels_are_named_not_called_zero():
     task = small_task(noise=1e30)
     with pytest.raises(MimfastInputError, match="overflows float32"):
         train(task, 2000, 2000, 200, width=8, backend="numpy", dtype="float32", t1=1)
+
+
+def test_overflowing_noise_is_named_and_numpy_stays_quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(MimfastInputError,
+                           match=r"noise=1e\+300 overflows float32: .*use dtype='float64'"):
+            train(small_task(noise=1e300), 2000, 2000, 200, width=8, backend="numpy", t1=1)
+    with pytest.raises(MimfastInputError, match="overflows float64") as exc:
+        train(small_task(noise=1e200), 2000, 2000, 200, width=8, backend="numpy",
+              dtype="float64", t1=1)
+    assert "dtype='float64'" not in str(exc.value)  # already in use: no use suggesting it
+
+
+def test_baselines_count_the_spectral_matrix():
+    budget = 100 * 2 ** 20  # d = 3000: the d x d float64 matrix and its eigh need 137 MiB
+    assert plan_memory(3000, 1000, 1000, 100, np.float32, 4, "auto", budget) == "materialise"
+    with pytest.raises(MimfastInputError, match=r"spectral method's d x d matrix.*drop the "
+                                                r"baselines"):
+        plan_memory(3000, 1000, 1000, 100, np.float32, 4, "auto", budget, baselines=True)
+    with pytest.raises(MimfastInputError, match=r"d x d matrix.*drop the baselines"):
+        train(small_task(d=3000), 1000, 1000, 100, width=4, backend="numpy", baselines=True,
+              memory_budget=budget)
+    with pytest.raises(MimfastInputError, match=r"d x d matrix.*the layerwise method"):
+        train(small_task(d=3000), 1000, 1000, 100, width=4, backend="numpy",
+              method="spectral", memory_budget=budget)
+
+
+def test_streamed_plan_is_announced_before_the_work():
+    lines = []
+    train(small_task(), 800, 800, 200, width=8, backend="numpy", t1=2, data="stream",
+          notify=lines.append, progress=False)
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "streams stage1, stage2, test" in lines[0]
+    assert "about 15 passes over the stage-1 rows (1 + power_iters 12 + T1 2)" in lines[0]
+    train(small_task(), 800, 800, 200, width=8, backend="numpy", t1=2, data="materialise",
+          notify=lines.append)
+    assert len(lines) == 1
 
 
 def test_memory_error_says_how_much_is_needed():
@@ -230,6 +336,13 @@ def test_cli_run_writes_json(tmp_path):
     (["--n-test", "1"], "n_test=1 must be >= 2"),
     (["--json", "/"], "is a directory"),
     (["--d", "64", "--n1", "1000000000000"], "need at least"),
+    (["--d", "16", "--n1", "100", "--n2", "10", "--width", "32"],
+     "n2=10 is smaller than width=32"),
+    (["--json", ""], "--json is empty"),
+    (["--method", "spectral", "--t1", "3"], "t1=3 has no meaning for method='spectral'"),
+    (["--noise", "1e300", "--d", "32", "--n1", "2000", "--n2", "2000", "--n-test", "500",
+      "--width", "8"], "noise=1e+300 overflows float32"),
+    (["--loss", "huber", "--delta", "1e300"], "delta=1e+300 is too large for float32"),
 ])
 def test_cli_errors_are_one_line_exit_2(args, match):
     p = _cli("run", "--backend", "numpy", *args) if "--backend" not in args else _cli("run", *args)
@@ -237,6 +350,42 @@ def test_cli_errors_are_one_line_exit_2(args, match):
     assert "Traceback" not in p.stderr
     assert match in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_cli_json_in_an_unwritable_place_fails_up_front():
+    p = _cli("run", "--backend", "numpy", "--json", "/proc/sub/x.json")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "--json '/proc/sub/x.json': cannot write into folder '/proc/sub'" in p.stderr
+    assert "sizes" not in p.stdout  # nothing was trained
+
+
+def test_failed_json_write_names_the_option_and_the_path(tmp_path, monkeypatch):
+    from mimfast import cli
+
+    def no_space(src, dst):
+        raise OSError(28, "No space left on device", src)
+    monkeypatch.setattr(cli.os, "replace", no_space)
+    path = str(tmp_path / "rec.json")
+    with pytest.raises(MimfastInputError, match="No space left") as exc:
+        cli.write_json(path, {"a": 1})
+    assert f"--json {path!r}" in str(exc.value) and ".tmp" not in str(exc.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_notes_streaming_and_warns_narrow_width_on_one_line():
+    args = ["run", "--d", "32", "--n1", "2000", "--n2", "2000", "--n-test", "500",
+            "--backend", "numpy", "--t1", "2"]
+    p = _cli(*args, "--width", "16", "--data", "stream")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.startswith("note: data=stream streams stage1, stage2, test")
+    assert "regenerated on every pass" in p.stderr and len(p.stderr.splitlines()) == 1
+    p = _cli(*args, "--width", "16", "--data", "stream", "--quiet")
+    assert p.returncode == 0 and p.stderr == ""
+    p = _cli(*args, "--width", "2", "--r", "2", "--baselines", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.startswith("warning: width=2 gives 1 +/- neuron pairs for r=2")
+    assert len(p.stderr.splitlines()) == 1
 
 
 def test_cli_info():

@@ -1,6 +1,10 @@
+import warnings
+
 import numpy as np
 import pytest
 
+from mimfast import tasks
+from mimfast.data import sample_rows
 from mimfast.errors import MimfastInputError
 from mimfast.tasks import CHUNK_ROWS, LINKS, NATURAL_R, MultiIndexTask
 
@@ -85,3 +89,32 @@ def test_bad_task_arguments(kwargs, match):
 def test_bad_sample_dtype():
     with pytest.raises(MimfastInputError, match="dtype='int8'"):
         MultiIndexTask(d=4, r=1).sample(5, dtype="int8")
+
+
+def test_bad_stream_names_the_valid_ones():
+    t = MultiIndexTask(d=4, r=1)
+    for sample in (t.sample, lambda n, stream: sample_rows(t, n, stream)):
+        with pytest.raises(MimfastInputError,
+                           match="stream='foo' is unknown; choose one of: stage1, stage2, test"):
+            sample(3, stream="foo")
+    with pytest.raises(MimfastInputError, match="stream=-1 must be >= 0"):
+        t.sample(3, stream=-1)
+
+
+def test_sample_too_large_for_memory_says_how_much(monkeypatch):
+    monkeypatch.setattr(tasks, "available_memory_bytes", lambda: 2 ** 30)
+    t = MultiIndexTask(d=4, r=1)
+    with pytest.raises(MimfastInputError, match=r"n=1000000000000 rows at d=4 \(float64\) need "
+                                                r"36.4 TiB for X and y but only 1.0 GiB"):
+        t.sample(10 ** 12)
+    with pytest.raises(MimfastInputError, match="need 36.4 TiB"):
+        sample_rows(t, 10 ** 12)
+
+
+def test_complex_link_is_rejected():
+    t = MultiIndexTask(d=4, r=1, link=lambda z: z[:, 0] + 1j, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ComplexWarning on the way
+        with pytest.raises(MimfastInputError, match="returned complex values; it must return "
+                                                    "real numbers"):
+            t.sample(5)
