@@ -264,11 +264,37 @@ def resolve_name(name):
     return name
 
 
+def numba_thread_limit():
+    """Threads Numba started with (NUMBA_NUM_THREADS, read once at import), or None."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def check_threads(threads, argname="threads"):
+    """Reject more threads than Numba has: numba.set_num_threads cannot go above the
+    pool it started with, so the request would be capped silently (BLAS would not be)."""
+    limit = numba_thread_limit()
+    if threads is None or limit is None or isinstance(threads, bool) \
+            or not isinstance(threads, (int, np.integer)) or threads <= limit:
+        return threads
+    sep = " " if argname.startswith("--") else "="
+    raise MimfastInputError(
+        f"{argname}={threads} is more than the {limit} threads Numba started with; pass "
+        f"{argname}{sep}{limit} or fewer, or set NUMBA_NUM_THREADS={threads} in the "
+        "environment before starting Python")
+
+
 def get_backend(name="auto", threads=None):
     """A Backend instance by name ("auto", "numpy", "numba", "cupy") or pass-through."""
     if isinstance(name, Backend):
         return name
-    return _REGISTRY[resolve_name(name)](threads=threads)
+    resolved = resolve_name(name)
+    if resolved == "numba":
+        check_threads(threads)
+    return _REGISTRY[resolved](threads=threads)
 
 
 def default_threads():

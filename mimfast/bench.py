@@ -49,10 +49,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .errors import MimfastInputError
+from .errors import MimfastInputError, human_bytes
 
 KERNELS = ("stage1_grad", "stage2_gram")
 X_TARGET_BYTES = 512 * 2 ** 20
+# X smaller than this may stay in the caches between calls, and a cached X is read
+# faster than the DRAM bandwidth the roofline assumes
+CACHE_MULTIPLE = 4
+X_MIN_BYTES_UNKNOWN_CACHE = 128 * 2 ** 20
 
 
 # ---------------------------------------------------------------------- sizes
@@ -66,6 +70,36 @@ def default_n(d, dtype="float32", target_bytes=X_TARGET_BYTES, memory_budget=Non
         target = min(target, budget // 6)
     n = max(1024, target // (int(d) * item))
     return int(n // 1024 * 1024) or 1024
+
+
+def l3_cache_bytes():
+    """Size of the L3 cache one core sees (sysfs, else sysconf), or None if unknown."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for idx in sorted(os.listdir(base)):
+            with open(os.path.join(base, idx, "level")) as fh:
+                if fh.read().strip() != "3":
+                    continue
+            with open(os.path.join(base, idx, "size")) as fh:
+                text = fh.read().strip().upper()
+            scale = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}.get(text[-1:], 1)
+            return int(text.rstrip("KMG")) * scale
+    except (OSError, ValueError):
+        pass
+    try:
+        size = os.sysconf("SC_LEVEL3_CACHE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return size if size and size > 0 else None
+
+
+def cache_beating_bytes(l3=None):
+    """(bytes, description): an X at least this big is not served from the caches."""
+    l3 = l3_cache_bytes() if l3 is None else l3
+    if l3:
+        return CACHE_MULTIPLE * l3, f"{CACHE_MULTIPLE}x the {human_bytes(l3)} L3 cache"
+    return X_MIN_BYTES_UNKNOWN_CACHE, (f"{human_bytes(X_MIN_BYTES_UNKNOWN_CACHE)} (L3 size "
+                                       "unknown)")
 
 
 def flops(kernel, n, d, m):
@@ -333,17 +367,38 @@ def check_bench_inputs(ds, widths, n=None, repeats=MIN_REPEATS, threads=None):
                                 "more, or leave it out for all cores")
 
 
+def check_backend_names(backends, threads=None):
+    """Unknown names and more threads than Numba has are errors; returns the resolved names.
+
+    Only a known backend that cannot run here (cupy without a GPU) is skipped later."""
+    from .backends import _REGISTRY, check_threads, resolve_name
+    if not backends:
+        raise MimfastInputError("--backend is empty; pass e.g. --backend numba,numpy")
+    resolved = []
+    for name in backends:
+        try:
+            resolved.append(resolve_name(name))
+        except MimfastInputError:
+            raise MimfastInputError(
+                f"--backend {name!r} is unknown; choose from "
+                f"{', '.join(('auto', *_REGISTRY))} (comma-separated)") from None
+    if "numba" in resolved:
+        check_threads(threads, "--threads")
+    return resolved
+
+
 def run_bench(ds, widths, dtypes=("float32",), backends=("numba", "numpy"), n=None,
               kernels=KERNELS, repeats=5, threads=None, torch_peer=True, log=print,
-              sampler=True, square=2048):
+              sampler=True, square=2048, memory_budget=None):
     """Measure the machine, then every kernel x backend; returns a dict (JSON-able)."""
     from .backends import get_backend
     check_bench_inputs(ds, widths, n, repeats, threads)
+    check_backend_names(backends, threads)
     bes, skipped = [], {}
     for name in backends:
         try:
             bes.append(get_backend(name, threads))
-        except MimfastInputError as exc:
+        except MimfastInputError as exc:  # known but unavailable here (cupy without a GPU)
             skipped[name] = str(exc)
     if not bes:
         raise MimfastInputError("no requested backend is available: " + "; ".join(
@@ -360,7 +415,9 @@ def run_bench(ds, widths, dtypes=("float32",), backends=("numba", "numpy"), n=No
                             if k.startswith(("OPENBLAS", "NUMBA_NUM", "OMP_NUM", "MKL_NUM"))},
                     "backends": [b.describe() for b in bes],
                     "skipped_backends": skipped},
-        "limits": [], "rows": [], "peers": None}
+        "limits": [], "rows": [], "peers": None, "warnings": []}
+    cache_bytes, cache_what = cache_beating_bytes()
+    result["machine"]["l3_cache_bytes"] = l3_cache_bytes()
     try:
         import numba
         result["machine"]["numba"] = numba.__version__
@@ -370,10 +427,23 @@ def run_bench(ds, widths, dtypes=("float32",), backends=("numba", "numpy"), n=No
         peak_sq = square_sgemm(dtype, square)
         square_A = np.random.default_rng(2).standard_normal((square, square)).astype(dtype)
         for d in ds:
-            nn = n or default_n(d, dtype)
+            nn = n or default_n(d, dtype, memory_budget=memory_budget)
+            x_bytes = nn * d * np.dtype(dtype).itemsize
+            if n is None and x_bytes < cache_bytes:
+                need = -(-cache_bytes // (d * np.dtype(dtype).itemsize) // 1024) * 1024
+                capped = nn < default_n(d, dtype, memory_budget=2 ** 62)
+                msg = (f"warning: the default --n={nn} makes X {human_bytes(x_bytes)} at d={d} "
+                       f"{dtype}{' (capped by the memory budget)' if capped else ''}, under "
+                       f"{cache_what}: the kernels may run from cache and beat the DRAM "
+                       f"roofline; pass --n {need} or more"
+                       + (" (or a larger --memory-budget)" if capped else ""))
+                result["warnings"].append(msg)
+                if log:
+                    log(msg)
             X, y = make_problem(d, nn, max(widths), dtype)
             bw, how, all_bw = stream_bandwidth(X)
             lim = {"d": d, "n": nn, "dtype": dtype, "x_bytes": X.nbytes,
+                   "x_beats_cache": X.nbytes >= cache_bytes,
                    "stream_GBps": bw / 1e9, "stream_method": how,
                    "stream_all_GBps": {k: v / 1e9 for k, v in all_bw.items()},
                    "sgemm_square_GFLOPs": peak_sq, "sgemm_at_shape": {}}
@@ -423,12 +493,15 @@ def run_bench(ds, widths, dtypes=("float32",), backends=("numba", "numpy"), n=No
                                >= fl / (peak_use * 1e9) else "compute",
                                "row_stream_GBps": bw_use / 1e9,
                                "row_ceiling_GFLOPs": peak_use,
-                               "frac_roofline": roof / med, "x_numpy": t_ref / med,
+                               "frac_roofline": roof / med,
+                               "above_roofline": roof / med > 1.0, "x_numpy": t_ref / med,
                                "reference_only": impl == "numpy" and "numpy" not in names}
                         result["rows"].append(row)
                     if log:  # progress only: the table is printed once, at the end
                         log(f"timed {kernel} d={d} m={m} {dtype}")
             del X, y
+    # Numba picks its threading layer at the first parallel region: ask again now
+    result["machine"]["backends"] = [b.describe() for b in bes]
     return result
 
 
@@ -443,9 +516,31 @@ def format_rows(rows, header=True):
         lines.append(f"{r['kernel']:<12} {r['impl']:<20} {r['d']:>5} {r['width']:>4} "
                      f"{r['n']:>7} {r['dtype']:<7} {1e3 * r['median_s']:>10.2f} "
                      f"{r['GBps']:>6.1f} {r['GFLOPs']:>8.1f} {1e3 * r['roofline_s']:>8.2f} "
-                     f"{r['roofline_bound']:>7} {r['frac_roofline']:>9.2f} "
-                     f"{r['x_numpy']:>7.2f}")
+                     f"{r['roofline_bound']:>7} {r['frac_roofline']:>8.2f}"
+                     f"{'*' if r.get('above_roofline') else ' '} {r['x_numpy']:>7.2f}")
     return "\n".join(lines)
+
+
+def gemm_name(dtype):
+    return "dgemm" if np.dtype(dtype) == np.float64 else "sgemm"
+
+
+def roofline_footnotes(res):
+    """The '*' of the table: why a kernel can be above the roofline, from X's size."""
+    above = {(r["d"], r["dtype"]) for r in res["rows"] if r.get("above_roofline")}
+    lims = [lim for lim in res["limits"] if (lim["d"], lim["dtype"]) in above]
+    cached = [lim for lim in lims if not lim.get("x_beats_cache", True)]
+    notes = []
+    if cached:
+        sizes = ", ".join(f"d={lim['d']} {lim['dtype']}: {human_bytes(lim['x_bytes'])}"
+                          for lim in cached)
+        notes.append(f"* frac roof > 1: X fits in cache ({sizes}): the roofline (DRAM "
+                     "bandwidth) does not apply; pass a larger --n")
+    if len(cached) < len(lims):
+        notes.append("* frac roof > 1 although X is larger than the caches: the ceilings are "
+                     "measured on a shared machine, and a load change between the probes and "
+                     "the kernel can put a kernel above them")
+    return notes
 
 
 def format_result(res):
@@ -454,7 +549,8 @@ def format_result(res):
         out.append("env: " + " ".join(f"{k}={v}" for k, v in res["machine"]["env"].items()))
     for lim in res["limits"]:
         out.append(f"machine d={lim['d']} n={lim['n']} {lim['dtype']}: stream read "
-                   f"{lim['stream_GBps']:.1f} GB/s ({lim['stream_method']}), sgemm square "
+                   f"{lim['stream_GBps']:.1f} GB/s ({lim['stream_method']}), "
+                   f"{gemm_name(lim['dtype'])} square "
                    f"{lim['sgemm_square_GFLOPs']:.0f} GFLOP/s, compute ceiling "
                    f"{lim['compute_ceiling_GFLOPs']:.0f} GFLOP/s")
         if "sampler_ns_per_element" in lim:
@@ -467,15 +563,33 @@ def format_result(res):
     if res.get("peers"):
         out.append(f"peers: {res['peers']} (plain PyTorch, for comparison only)")
     out.append(format_rows(res["rows"]))
+    out += roofline_footnotes(res)
     return "\n".join(out)
 
 
 # ---------------------------------------------------------------------- CLI
-def register(subparsers):
-    from .cli import int_list, positive_int
+def strict_list(convert, what, example):
+    """argparse type for a comma-separated list: an empty entry ('8,,32') is an error, since
+    dropping it would run something other than what was typed."""
+    import argparse
 
-    def str_list(text):
-        return [v.strip() for v in text.split(",") if v.strip()]
+    def parse(text):
+        parts = [v.strip() for v in text.split(",")]
+        if not all(parts):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} has an empty entry; give comma-separated {what}, e.g. {example}")
+        try:
+            return [convert(v) for v in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, got {text!r}; e.g. {example}") from None
+    return parse
+
+
+def register(subparsers):
+    from .cli import positive_int
+    int_list = strict_list(int, "integers", "8,32")
+    str_list = strict_list(str, "names", "numba,numpy")
 
     p = subparsers.add_parser(
         "bench", help="kernels x backends against this machine's roofline",
@@ -486,11 +600,16 @@ def register(subparsers):
     p.add_argument("--d", type=int_list, default=[2048, 8192])
     p.add_argument("--width", type=int_list, default=[8, 32, 128, 512])
     p.add_argument("--dtype", type=str_list, default=["float32"])
-    p.add_argument("--backend", type=str_list, default=["numba", "numpy"])
+    p.add_argument("--backend", type=str_list, default=["numba", "numpy"],
+                   help="numba, numpy, cupy, auto; numpy (the reference) is always timed")
     p.add_argument("--kernel", type=str_list, default=list(KERNELS),
                    help="stage1_grad, stage2_gram")
     p.add_argument("--n", type=positive_int, default=None,
-                   help="rows, >= 1 (default: X about 512 MiB, within the memory budget)")
+                   help="rows, >= 1 (default: X about 512 MiB, at most 1/6 of the memory "
+                        "budget; a warning says when that X could stay in the caches)")
+    p.add_argument("--memory-budget", type=float, default=None,
+                   help="bytes (or GiB if < 1024) that bounds the default --n "
+                        "(default 60%% of the free memory)")
     p.add_argument("--repeats", type=positive_int, default=MIN_REPEATS,
                    help=f"timed calls per implementation; the median is quoted "
                         f"(minimum {MIN_REPEATS}, default {MIN_REPEATS})")
@@ -513,10 +632,16 @@ def cmd_bench(args):
     if any(m < 2 or m % 2 for m in args.width):
         raise MimfastInputError(f"--width={','.join(map(str, args.width))}: values must be "
                                 "even and >= 2 (+/- pairs); pass e.g. --width 8,64")
+    check_backend_names(args.backend, args.threads)
+    from .errors import memory_budget_bytes
+    budget = memory_budget_bytes(args.memory_budget)
+    if args.json:  # before the benchmark, not after minutes of it
+        from .cli import check_output_path
+        check_output_path(args.json)
     res = run_bench(args.d, args.width, args.dtype, args.backend, args.n, args.kernel,
                     args.repeats, args.threads, not args.no_torch,
                     log=lambda s: print(s, file=sys.stderr, flush=True),
-                    sampler=not args.no_sampler)
+                    sampler=not args.no_sampler, memory_budget=budget)
     print(format_result(res))
     if args.json:
         from .cli import write_json

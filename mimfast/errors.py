@@ -71,3 +71,15 @@ def human_bytes(n):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024.0
+
+
+def memory_budget_bytes(value, name="--memory-budget"):
+    """A --memory-budget value (bytes, or GiB if < 1024) in bytes; None stays None."""
+    import math
+    if value is None:
+        return None
+    if not (value > 0 and math.isfinite(value)):
+        raise MimfastInputError(f"{name}={value} must be positive (bytes, or GiB if < 1024); "
+                                f"pass e.g. {name} 8, or leave it out for 60% of the free "
+                                "memory")
+    return int(value * 2 ** 30) if value < 1024 else int(value)

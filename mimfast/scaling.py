@@ -62,7 +62,7 @@ COLUMNS = ("d", "n1", "n2", "n_test", "seed", "c", "width", "t1", "backend", "dt
            "target", "r", "loss", "data_mode", "threads", "time_data", "time_step_size",
            "time_stage1", "time_stage2", "time_test", "time_total", "work",
            "cost_per_work_ns", "repeats", "peak_rss_bytes", "rss_baseline_bytes", "test_rel_mse",
-           "sin_theta_max", "sin_theta", "energy_in_u", "eta", "wall_s", "key")
+           "sin_theta_max", "sin_theta", "energy_in_u", "eta", "wall_s", "invocation", "key")
 DEFAULT_D = (512, 1024, 2048, 4096, 8192)
 MIN_POINT_SECONDS = 1.0  # a point shorter than this is repeated; the median run is kept
 MAX_REPEATS = 5
@@ -182,9 +182,15 @@ def _die_with_parent():
 
 def run_point_isolated(cfg, timeout=None):
     """Run one point in a fresh interpreter (honest per-run peak RSS)."""
-    p = subprocess.run([sys.executable, "-m", "mimfast.scaling", "--point", json.dumps(cfg)],
-                       capture_output=True, text=True, timeout=timeout,
-                       preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    try:
+        p = subprocess.run([sys.executable, "-m", "mimfast.scaling", "--point",
+                            json.dumps(cfg)], capture_output=True, text=True, timeout=timeout,
+                           preexec_fn=(_die_with_parent if sys.platform.startswith("linux")
+                                       else None))
+    except subprocess.TimeoutExpired:
+        # TimeoutExpired's own text is the child's whole command line, JSON and all
+        raise RuntimeError(f"point d={cfg['d']} seed={cfg['seed']} timed out after "
+                           f"{timeout:g} s (--timeout)") from None
     for line in reversed(p.stdout.splitlines()):
         if line.startswith("MIMFAST_ROW "):
             return json.loads(line[len("MIMFAST_ROW "):])
@@ -303,6 +309,8 @@ def _atomic_write(path, text):
 
 # ---------------------------------------------------------------------- analysis
 CI_NA = "CI n/a (needs >= 3 d values)"
+CI_NOTE = ("CI from the fit residuals of these runs; it does not cover run-to-run drift of a "
+           "shared machine")
 
 
 def _has_ci(fit):
@@ -369,6 +377,10 @@ def summarise(rows):
             "peak_rss_bytes": max((r["peak_rss_bytes"] or 0) for r in rs) or None,
         })
     costs = [t["cost_per_work_ns"] for t in table]
+    out["ci_note"] = CI_NOTE
+    # rows written before invocations were tagged count as one earlier invocation
+    out["invocations"] = len({r.get("invocation") for r in rows})
+    out["resumed"] = out["invocations"] > 1
     out["per_d"] = table
     out["cost_per_work_spread"] = max(costs) / min(costs) if min(costs) > 0 else float("inf")
     errs = [t["test_rel_mse"] for t in table]
@@ -384,7 +396,7 @@ def plot(rows, summary, path):
 
     per_d = summary["per_d"]
     ds = np.array([t["d"] for t in per_d], dtype=float)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.2))
     ax = axes[0]
     for stage, mk in (("time_total", "o"), ("time_stage1", "s"), ("time_stage2", "^"),
                       ("time_data", "v")):
@@ -407,18 +419,23 @@ def plot(rows, summary, path):
             ax.loglog(xx, t0 * (xx / ds.min()) ** k, "0.5", ls=ls, label=f"slope {k}")
     ax.set_xlabel("d")
     ax.set_ylabel("wall time (s)")
-    ax.set_title("time vs d (n = C d ln d)")
+    resumed = (f"\nrows from {summary['invocations']} invocations (resumed)"
+               if summary.get("resumed") else "")
+    ci_note = ("\n95% CI from the fit residuals of these runs;\nit does not cover run-to-run "
+               "drift of a shared machine" if _has_ci(fit) else "")
+    ax.set_title("time vs d (n = C d ln d)" + ci_note + resumed, fontsize=9)
     ax.legend(fontsize=7)
 
     ax = axes[1]
     cost = np.array([t["cost_per_work_ns"] for t in per_d])
     ax.semilogx(ds, cost / cost[0], "o-")
-    ax.axhline(1.5, color="0.6", ls="--", lw=0.8)
+    ax.axhline(1.5, color="0.6", ls="--", lw=0.8, label="±1.5x band")
     ax.axhline(1 / 1.5, color="0.6", ls="--", lw=0.8)
+    ax.legend(fontsize=7, loc="lower right")
     ax.set_xlabel("d")
     ax.set_ylabel("cost per unit of work (rel. to smallest d)")
     ax.set_title(f"total / (n d m (T1+1)); spread {summary['cost_per_work_spread']:.2f}x\n"
-                 "point labels = data mode: held = rows held in memory, "
+                 "point labels = data mode: held = rows held in memory,\n"
                  "streamed = redrawn each pass", fontsize=9)
     ax.set_ylim(0, max(2.0, float(np.max(cost / cost[0])) * 1.1))
     for t in per_d:
@@ -429,6 +446,7 @@ def plot(rows, summary, path):
     ax.semilogx(ds, [t["test_rel_mse"] for t in per_d], "o-", label="test rel. MSE")
     ax.semilogx(ds, [t["sin_theta_max"] for t in per_d], "s-", label="max sin theta")
     ax.set_xlabel("d")
+    ax.set_ylabel("test rel. MSE / max sin θ (mean over seeds)")
     ax.set_ylim(bottom=0)
     ax.set_title("quality vs d")
     ax.legend(fontsize=8)
@@ -472,8 +490,13 @@ def format_summary(summary):
         ci = (f"95% CI {f['ci_low']:.3f} .. {f['ci_high']:.3f}" if _has_ci(f) else CI_NA)
         lines.append(f"fitted exponent of total time vs d: {f['exponent']:.3f} "
                      f"({ci}, {f['points']} runs)")
+        if _has_ci(f):
+            lines.append(f"  ({CI_NOTE})")
         lines.append(f"cost per unit of work (total / (n1 d width (T1+1))): max/min over d = "
                      f"{summary['cost_per_work_spread']:.2f}x")
+    if summary.get("resumed"):
+        lines.append(f"resumed: the rows come from {summary['invocations']} invocations with "
+                     "this --out, timed under whatever load the machine had each time")
     return "\n".join(lines)
 
 
@@ -526,6 +549,8 @@ def _sweep(store, ds, seeds, out, settings, isolate, progress, runner, plot_path
     todo = [p for p in points if point_key(p) not in store]
     if log and len(todo) < len(points):
         log(f"resuming: {len(points) - len(todo)} of {len(points)} runs already in {out}")
+    # rows from several invocations were timed under different machine loads: tag each
+    invocation = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
     run = runner or (run_point_isolated if isolate else run_point)
     from tqdm.auto import tqdm
     disable = None if progress is None else not progress
@@ -538,10 +563,13 @@ def _sweep(store, ds, seeds, out, settings, isolate, progress, runner, plot_path
             try:
                 row = run(cfg)
             except (RuntimeError, MimfastInputError, subprocess.TimeoutExpired) as exc:
-                failures.append(f"d={cfg['d']} seed={cfg['seed']}: {exc}")
+                text = str(exc)
+                failures.append(text if text.startswith(f"point d={cfg['d']} ") else
+                                f"d={cfg['d']} seed={cfg['seed']}: {text}")
                 bar.update(1)
                 continue
             row["key"] = point_key(cfg)
+            row["invocation"] = invocation
             store.add(row)
             mine = [r for r in store.rows if r["key"] in {point_key(p) for p in points}]
             store.write_views(mine, summarise(mine))
@@ -642,13 +670,8 @@ def check_scale_args(args):
         raise MimfastInputError(f"--timeout={args.timeout} must be a positive number of "
                                 "seconds per point; pass e.g. --timeout 600, or leave it out "
                                 "for no limit")
-    budget = args.memory_budget
-    if budget is not None:
-        if not (budget > 0 and math.isfinite(budget)):
-            raise MimfastInputError(f"--memory-budget={budget} must be positive (bytes, or "
-                                    "GiB if < 1024); pass e.g. --memory-budget 8, or leave "
-                                    "it out for 60% of the free memory")
-        budget = int(budget * 2 ** 30) if budget < 1024 else int(budget)
+    from .errors import memory_budget_bytes
+    budget = memory_budget_bytes(args.memory_budget)
     if not (math.isfinite(args.noise) and args.noise >= 0):
         raise MimfastInputError(f"--noise={args.noise} must be a finite number >= 0")
     from .activations import check_activation
@@ -661,7 +684,12 @@ def check_scale_args(args):
     get_loss(args.loss)
     # the target, r and noise exactly as a point builds them (smallest d)
     MultiIndexTask(d=ds[0], r=args.r, link=args.target, noise=args.noise, seed=0)
+    from .backends import check_threads, resolve_name
+    if resolve_name(args.backend) == "numba":
+        check_threads(args.threads, "--threads")
     get_backend(args.backend, args.threads)  # unknown or unavailable (cupy without GPU)
+    from .studies import check_out_dir
+    check_out_dir(args.out)  # an existing file would stop the sweep with "File exists"
     if args.data not in ("auto", "auto-point"):
         from .data import streamed_sources
         streamed_sources(args.data)  # validates

@@ -562,15 +562,34 @@ def dask_client(workers=None, scheduler=None):
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise MimfastInputError(f"workers={workers!r} must be a positive integer")
     import logging
-    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
-                                       processes=True, dashboard_address=None,
-                                       silence_logs=logging.ERROR)
+    import signal
+    # Ctrl-C goes to every process of the terminal's group, and each worker process
+    # would print its own KeyboardInterrupt traceback (~30 lines each).  The workers
+    # inherit an ignored SIGINT through spawn; this process still gets the
+    # KeyboardInterrupt and closing the cluster below stops them.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
+                                           processes=True, dashboard_address=None,
+                                           silence_logs=logging.ERROR)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
     client = distributed.Client(cluster)
     try:
         yield client
     finally:
-        client.close()
-        cluster.close()
+        # shutting down mid-task makes the scheduler and nannies log errors about
+        # lost workers and cancelled tasks: noise once the user has pressed Ctrl-C
+        quiet = logging.getLogger("distributed")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            client.close()
+            cluster.close()
+        finally:
+            quiet.setLevel(level)
 
 
 def run_sweep(configs, store=None, *, client=None, workers=None, scheduler=None,

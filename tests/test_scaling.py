@@ -43,6 +43,44 @@ def test_sweep_writes_rows_figure_and_summary(tmp_path):
     assert s["d"] == DS and len(s["per_d"]) == 3 and math.isfinite(s["total"]["exponent"])
     assert s["total"]["ci_low"] <= s["total"]["exponent"] <= s["total"]["ci_high"]
     assert summary["cost_per_work_spread"] >= 1.0
+    # the CI is only the scatter about the line, and says so
+    assert s["ci_note"] == scaling.CI_NOTE and "run-to-run drift" in s["ci_note"]
+    text = scaling.format_summary(summary)
+    assert "95% CI" in text and "CI from the fit residuals of these runs" in text
+    assert s["invocations"] == 1 and s["resumed"] is False and "resumed" not in text
+
+
+def test_figure_explains_band_ci_and_axes(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+    figs = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figs.append(self) or
+                        real(self, *a, **k))
+    scaling.sweep(DS, [0], str(tmp_path), SETTINGS, isolate=False, progress=False, log=None)
+    (fig,) = figs
+    left, middle, right = fig.axes[:3]
+    assert "fit residuals" in left.get_title() and "drift" in left.get_title()
+    assert "±1.5x band" in middle.get_legend_handles_labels()[1]
+    assert right.get_ylabel()
+
+
+def test_resumed_sweep_says_rows_come_from_several_invocations(tmp_path):
+    scaling.sweep(DS[:2], [0], str(tmp_path), SETTINGS, isolate=False, progress=False,
+                  log=None)
+    rows, summary = scaling.sweep(DS, [0], str(tmp_path), SETTINGS, isolate=False,
+                                  progress=False, log=None)
+    assert len({r["invocation"] for r in rows}) == 2
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["invocations"] == 2 and s["resumed"] is True
+    assert "rows come from 2 invocations" in scaling.format_summary(summary)
+    assert {r["invocation"] for r in _csv_rows(tmp_path)} == {r["invocation"] for r in rows}
+
+
+def test_timed_out_point_gives_a_short_message():
+    cfg = scaling.point_config(16, 0, SETTINGS)
+    with pytest.raises(RuntimeError) as exc:
+        scaling.run_point_isolated(cfg, timeout=0.01)
+    assert str(exc.value) == "point d=16 seed=0 timed out after 0.01 s (--timeout)"
 
 
 class _Killed(BaseException):
@@ -223,9 +261,14 @@ def test_two_d_values_write_no_nan(tmp_path):
     (["--memory-budget", "0"], "--memory-budget=0"), (["--target", "bogus"], "bogus"),
     (["--loss", "nope"], "nope"), (["--activation", "nope"], "nope"),
     (["--backend", "nope"], "nope"), (["--dtype", "int8"], "int8"),
-    (["--r", "0"], "--r=0"), (["--width", "5"], "even")])
-def test_scale_arguments_are_checked_up_front(argv, match):
+    (["--r", "0"], "--r=0"), (["--width", "5"], "even"),
+    (["--backend", "numba", "--threads", "100000"], "--threads=100000 .*NUMBA_NUM_THREADS"),
+    (["--out", "FILE"], "--out .* is a file, not a folder")])
+def test_scale_arguments_are_checked_up_front(argv, match, tmp_path):
     from mimfast.errors import MimfastInputError
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    argv = [str(afile) if a == "FILE" else a for a in argv]
     with pytest.raises(MimfastInputError, match=match):
         scaling.check_scale_args(_scale_args("--d", "16", *argv))
 

@@ -138,6 +138,18 @@ def test_local_and_local_cluster_give_identical_records(tmp_path):
     assert "sigma_u.exact.0" in local[-1]
 
 
+def test_local_cluster_workers_leave_ctrl_c_to_this_process():
+    # Ctrl-C reaches the whole process group: workers that took it would each print a
+    # KeyboardInterrupt traceback; they ignore it and this process closes the cluster
+    pytest.importorskip("distributed")
+    import signal
+    before = signal.getsignal(signal.SIGINT)
+    with sweep.dask_client(workers=1) as client:
+        assert signal.getsignal(signal.SIGINT) is before
+        seen = client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+        assert list(seen.values()) == [True]
+
+
 def test_without_dask_workers_flag_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import now raises ImportError
     with pytest.raises(MimfastInputError, match=r"pip install 'mimfast\[dask\]'"):

@@ -11,11 +11,10 @@ is computed from the data:
 * ``negative``  staircase and sign3 must not be learned
 * ``all``       every study, then ``OUT/REPORT.md``
 
-Defaults finish on 2 cores in at most about 10 minutes per study and 25 for
-``all`` (measured on a loaded 2-core machine, one thread per training);
-``--quick`` is a CI smoke test (a few seconds per study, about 35 s for ``all``);
-``--d``, ``--seeds`` and the
-per-study flags scale up.  A re-run with the same ``--out`` reuses finished
+With the defaults ``all`` takes about 8-10 minutes on 2 cores (8.4 min measured,
+one thread per training) and ``t1`` alone about 2.5 minutes; ``--quick`` is a CI
+smoke test (a few seconds per study, about 10 s for ``all``); ``--d``, ``--seeds``
+and the per-study flags scale up.  A re-run with the same ``--out`` reuses finished
 runs and only redoes the analysis.  ``--workers N`` runs the sweep on a Dask LocalCluster,
 ``--scheduler ADDRESS`` on an existing cluster; the records are identical to
 the in-process run (``--threads``, the threads per task, must match).
@@ -26,12 +25,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import sys
 import time
 
 from .baselines import BaselinesStudy
-from .common import FIGURES_SKIPPED, command_line, have_matplotlib, versions
+from .common import (FIGURES_SKIPPED, command_line, duration, have_matplotlib, root_links,
+                     versions)
 from .loss import LossStudy
 from .negative import NegativeStudy
 from .samples import SamplesStudy
@@ -47,7 +48,7 @@ __all__ = ["STUDIES", "ORDER", "register", "reproduce", "write_report"]
 def _add_common(p):
     p.add_argument("--out", default="report", help="output folder (default ./report)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny sizes for CI (a few seconds per study, ~35 s for all); not evidence")
+                   help="tiny sizes for CI (a few seconds per study, ~10 s for all); not evidence")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds per configuration (error bars; default per study)")
     p.add_argument("--width", type=int, default=None, help="neurons (default per study)")
@@ -124,6 +125,39 @@ def _check(args):
     from ..errors import check_choice, check_dtype
     check_choice(args.backend, BACKENDS, "--backend")
     check_dtype(args.dtype, "--dtype")
+    from ..backends import check_threads, resolve_name
+    if resolve_name(args.backend) == "numba":
+        check_threads(args.threads, "--threads")
+
+
+def _positive(v):
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+# numeric study flags: (test, what the value must be, an example)
+NUMERIC_FLAGS = {
+    "c": (_positive, "a positive number (n1 = n2 = C d ln d)", "--c 16"),
+    "delta": (_positive, "a positive number (the Huber scale)", "--delta 1"),
+    "threshold": (lambda v: _positive(v) and v <= 1, "in (0, 1] (a sine)", "--threshold 0.3"),
+    "learn_threshold": (lambda v: _positive(v) and v <= 1, "in (0, 1] (a sine)",
+                        "--learn-threshold 0.5"),
+    "err_threshold": (_positive, "a positive number", "--err-threshold 0.2"),
+    "n_test": (lambda v: v >= 2, "an integer >= 2 (a test error needs 2 samples)",
+               "--n-test 8192, or leave it out for the default"),
+    "ratios": (lambda vs: all(_positive(v) for v in vs), "positive numbers",
+               "--ratios 1,4,16"),
+}
+
+
+def _check_numbers(args):
+    """Every numeric study flag, up front: a bad one would otherwise fail every run."""
+    from ..errors import MimfastInputError
+    for name, (ok, what, example) in NUMERIC_FLAGS.items():
+        v = getattr(args, name, None)
+        if v is not None and not ok(v):
+            shown = ",".join(f"{x:g}" for x in v) if isinstance(v, list) else f"{v:g}"
+            raise MimfastInputError(f"--{name.replace('_', '-')}={shown} must be {what}; "
+                                    f"pass e.g. {example}")
 
 
 def reproduce(studies, args):
@@ -131,6 +165,7 @@ def reproduce(studies, args):
     from ..sweep import check_configs, dask_client
     _check(args)
     for name in studies:  # every grid checked here, before a worker or a run starts
+        _check_numbers(_study_args(name, args))
         check_configs(STUDIES[name].configs(_study_args(name, args)), args.workers)
     if not have_matplotlib():
         print(FIGURES_SKIPPED, file=sys.stderr, flush=True)
@@ -146,15 +181,13 @@ def reproduce(studies, args):
     with dask_client(args.workers, args.scheduler) as client:
         for name in studies:
             sargs = _study_args(name, args)
-            ts = time.perf_counter()
+            # wall_s (sweep + analysis) is the time the section itself states
             summary = STUDIES[name].run(sargs, client=client)
-            summary["wall_s"] = time.perf_counter() - ts
-            with open(os.path.join(args.out, name, "summary.json"), "w") as fh:
-                json.dump(summary, fh, indent=1, default=str)
             summaries.append(summary)
             if args.progress is not False:
-                print(f"[{name}] {summary['wall_s']:.0f} s: " + " | ".join(summary["headline"][:2]))
-    path = write_report(args.out, args.command_line, time.perf_counter() - t0)
+                print(f"[{name}] {duration(summary['wall_s'])}: "
+                      + " | ".join(summary["headline"][:2]))
+    path = write_report(args.out, args.command_line, time.perf_counter() - t0, studies)
     return summaries, path
 
 
@@ -172,29 +205,36 @@ def cmd_reproduce(args):
     return 0
 
 
-def _duration(seconds):
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
-
-
-def _timing_line(now, command, total_s, found):
-    """How long the training took (from the records) and whether runs were resumed."""
+def _timing_line(now, command, total_s, found, current=None):
+    """How long the training took (from the records), how long this invocation took and
+    how that splits, and whether runs were resumed."""
     train_s = sum(s.get("compute_s", 0) for _, s, _ in found)
-    runs = sum(s.get("runs", 0) for _, s, _ in found)
-    reused = sum(s.get("reused", 0) for _, s, _ in found)
-    line = f"Generated {now} by `{command}`. Training took {_duration(train_s)} in total"
+    line = (f"Generated {now} by `{command}`. Training took {duration(train_s)} in total "
+            "(summed over the records of the sections below).")
+    if total_s is None:
+        return line + " Finished runs are reused when the command is repeated."
+    mine = [s for name, s, _ in found if current is None or name in current]
+    runs = sum(s.get("runs", 0) for s in mine)
+    reused = sum(s.get("reused", 0) for s in mine)
+    studies_s = sum(s.get("wall_s", 0) for s in mine)
+    line += (f" This invocation took {duration(total_s)}: {duration(studies_s)} in the sweeps "
+             "and analyses of the studies it ran (the times given per study below)")
+    if total_s - studies_s >= 0.1:
+        line += f", {duration(total_s - studies_s)} starting the engine and writing the report"
     if reused:
-        line += (f" (summed over the records); {reused} of {runs} runs were resumed from an "
-                 "earlier invocation with the same --out")
-        if total_s is not None:
-            line += f", so this invocation took only {_duration(total_s)}"
-        return line + "."
-    if total_s is not None:
-        line += f"; this invocation took {_duration(total_s)}"
-    return line + " (finished runs are reused when the command is repeated)."
+        line += (f"; {reused} of their {runs} runs were resumed from an earlier invocation "
+                 "with the same --out")
+    line += "."
+    older = [name for name, _, _ in found if current is not None and name not in current]
+    if older:
+        line += f" The sections {', '.join(older)} come from earlier invocations."
+    return line
 
 
-def write_report(out, command, total_s=None):
-    """OUT/REPORT.md from every study section found under OUT (canonical order)."""
+def write_report(out, command, total_s=None, current=None):
+    """OUT/REPORT.md from every study section found under OUT (canonical order).
+
+    ``current``: the studies this invocation ran (the others are older sections)."""
     found = []
     for name in ORDER:
         sec = os.path.join(out, name, "section.md")
@@ -203,7 +243,7 @@ def write_report(out, command, total_s=None):
             with open(summ) as fh:
                 s = json.load(fh)
             with open(sec) as fh:
-                found.append((name, s, fh.read()))
+                found.append((name, s, root_links(fh.read(), name, s.get("figures", []))))
     records = []
     for name, _, _ in found:
         try:
@@ -217,7 +257,7 @@ def write_report(out, command, total_s=None):
              "Zhang, Wang, Fu, Lee (arXiv 2511.15120). Two-layer networks trained layer-wise on "
              "Gaussian multi-index models y = g(Ux); every number below is computed from the "
              "runs stored next to this file.", "",
-             _timing_line(now, command, total_s, found), ""]
+             _timing_line(now, command, total_s, found, current), ""]
     if not have_matplotlib():
         lines += [f"> **Figures skipped:** matplotlib is not installed; "
                   "`pip install -e '.[bench]'` and repeat the command (finished runs are "
@@ -227,10 +267,14 @@ def write_report(out, command, total_s=None):
                   "below are not evidence for or against the paper.", ""]
     lines += ["## Summary", ""]
     for name, s, _ in found:
+        if current is None or name in current:
+            when = f"{duration(s.get('wall_s', s.get('sweep_s', 0)))} this invocation"
+        else:
+            when = "from an earlier invocation" + (f" at {s['finished_at']}"
+                                                   if "finished_at" in s else "")
         lines.append(f"**{name}** ({s['runs']} runs"
                      f"{', ' + str(s['failed']) + ' failed' if s['failed'] else ''}; "
-                     f"{s.get('wall_s', s.get('sweep_s', 0)):.0f} s this invocation, "
-                     f"{s.get('compute_s', 0):.0f} s of training in the records):")
+                     f"{when}, {duration(s.get('compute_s', 0))} of training in the records):")
         lines += [f"- {h}" for h in s["headline"]] + [""]
         if s.get("summary_md"):
             lines += [s["summary_md"], ""]

@@ -46,7 +46,8 @@ class BaselinesStudy(Study):
         ds = pick(args, "d", [128, 256, 512, 1024, 2048], [64, 128])
         base = base_config(args, width=64 if not args.quick else 32, target=args.target,
                            loss=args.loss, n_over_dlogd=args.c, baselines=True,
-                           n_test=args.n_test or (2048 if args.quick else 8192))
+                           n_test=(args.n_test if args.n_test is not None
+                                   else 2048 if args.quick else 8192))
         return grid(base, d=ds, seed=seeds_of(args, 2))
 
     def analyse(self, records, args, outdir):
@@ -106,7 +107,8 @@ class BaselinesStudy(Study):
             f"{verdict(el <= 1.2 * es + 0.01)}; layerwise beats one-step (one-step ≥ 1.5× "
             f"error) — {verdict(eo >= 1.5 * el)}.",
             f"d={d}: stage-1 time layerwise {tl:.2f} s vs spectral {ts:.2f} s "
-            f"(×{ts / tl:.1f}); fitted time exponents over d={fit_ds[0]}–{d}: layerwise "
+            f"(spectral / layerwise = {ts / tl:.1f}×); fitted time exponents over "
+            f"d={fit_ds[0]}–{d}: layerwise "
             f"{_sl(slopes['layerwise'])}, spectral {_sl(slopes['spectral'])} "
             "(theory: ≈2 + logs for layerwise, ≈3 for spectral at n ∝ d ln d)"
             + (" — layerwise is the faster one at the largest d" if tl < ts else

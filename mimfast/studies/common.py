@@ -126,6 +126,20 @@ def fmt_pm(m, s, digits=3):
     return f"{fmt(m, digits)} ± {fmt(s, 2)}" if s and math.isfinite(s) and s > 0 else fmt(m, digits)
 
 
+def duration(seconds):
+    """Seconds for the report: sub-10 s with one decimal, so a quick run does not read '0 s'."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def root_links(text, name, figures):
+    """A section's figure links (relative to its own folder) made relative to the report root."""
+    for fname, _ in figures:
+        text = text.replace(f"]({fname})", f"]({name}/{fname})")
+    return text
+
+
 def md_table(header, rows):
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---" for _ in header) + "|"]
@@ -285,6 +299,7 @@ class Study:
                             threads=args.threads, progress=args.progress, desc=self.name)
         sweep_s = time.perf_counter() - t0
         section = self.analyse(records, args, outdir)
+        analysis_s = time.perf_counter() - t0 - sweep_s
         failed = [r for r in records if r.get("status") != "ok"
                   and not self.expected_failure(r)]
         notes = []
@@ -312,7 +327,9 @@ class Study:
             body += ["**Headline.**", ""] + [f"- {h}" for h in section.headline] + [""]
         body += [section.markdown, ""]
         for fname, sentence in section.figures:
-            body += [f"![{self.name}: {fname}]({self.name}/{fname})", "",
+            # relative to this section's folder, so section.md renders on its own;
+            # REPORT.md rewrites them relative to the root (root_links)
+            body += [f"![{self.name}: {fname}]({fname})", "",
                      f"*Figure `{self.name}/{fname}`.* {sentence}", ""]
         if notes:
             body += notes + [""]
@@ -321,19 +338,22 @@ class Study:
         n_exp = sum(r.get("status") != "ok" and self.expected_failure(r) for r in records)
         body += [f"*Data:* `{self.name}/records.csv` ({len(records)} runs, {n_ok} ok"
                  + (f", {n_exp} stopped by the schedule as expected" if n_exp else "")
-                 + f"). *Sweep time:* {sweep_s:.0f} s this invocation; {compute_s:.0f} s of "
-                 "training recorded in the rows (finished rows are reused on a re-run). "
-                 f"*Command:* `{cmd}`", ""]
+                 + f"). *Time:* {duration(sweep_s + analysis_s)} this invocation (sweep "
+                 f"{duration(sweep_s)}, analysis and figures {duration(analysis_s)}); "
+                 f"{duration(compute_s)} of training recorded in the rows (finished rows are "
+                 f"reused on a re-run). *Command:* `{cmd}`", ""]
         text = "\n".join(body)
         with open(os.path.join(outdir, "section.md"), "w") as fh:
             fh.write(text)
         summary = {"study": self.name, "title": section.title, "headline": section.headline,
                    "summary": section.summary, "figures": section.figures,
                    "runs": len(records), "failed": len(failed), "sweep_s": sweep_s,
+                   "wall_s": sweep_s + analysis_s,
                    "errors": sorted({str(r.get("error", ""))[:200] for r in failed}),
                    "compute_s": sum(float(r.get("wall_s") or 0.0) for r in records),
                    "reused": sum(r.get("run_key") in prior for r in records),
                    "command": cmd, "quick": bool(getattr(args, "quick", False)),
+                   "finished_at": time.strftime("%Y-%m-%d %H:%M %Z"),
                    "summary_md": section.summary_md}
         with open(os.path.join(outdir, "summary.json"), "w") as fh:
             json.dump(summary, fh, indent=1, default=str)

@@ -45,7 +45,8 @@ class NegativeStudy(Study):
         losses = args.losses or ["square", "huber", "even"]
         targets = list(NEGATIVES) + ([] if args.control in (None, "none") else [args.control])
         base = base_config(args, width=64 if not args.quick else 32, extras=[SIGMA_EXTRA],
-                           n_test=args.n_test or (2048 if args.quick else 8192))
+                           n_test=(args.n_test if args.n_test is not None
+                                   else 2048 if args.quick else 8192))
         cfgs = grid(base, d=ds, target=targets, seed=seeds_of(args, 2), n_over_dlogd=ratios,
                     loss=losses)
         for c in cfgs:

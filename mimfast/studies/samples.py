@@ -47,7 +47,8 @@ class SamplesStudy(Study):
         ds = pick(args, "d", [256, 512, 1024, 2048], [64, 128])
         ratios = pick(args, "ratios", RATIOS, [1, 4, 16])
         base = base_config(args, width=64 if not args.quick else 32, target=args.target,
-                           n_test=args.n_test or (2048 if args.quick else 8192))
+                           n_test=(args.n_test if args.n_test is not None
+                                   else 2048 if args.quick else 8192))
         # method innermost: layerwise and one-step share the rows of (d, seed, ratio)
         cfgs = grid(base, d=ds, seed=seeds_of(args, 2), n_over_dlogd=ratios,
                     method=["layerwise", "one_step"])
@@ -151,7 +152,8 @@ class SamplesStudy(Study):
             elif b is None:
                 comp.append(f"d={d}: layerwise at {fmt(a)}, one-step never (> {ratios[-1]:g})")
             else:
-                comp.append(f"d={d}: layerwise at {fmt(a)}, one-step at {fmt(b)} (×{b / a:.1f})")
+                comp.append(f"d={d}: layerwise at {fmt(a)}, one-step at {fmt(b)} "
+                            f"(one-step / layerwise = {b / a:.1f}×)")
                 ok_all = ok_all and b >= 2 * a
         headline.append(f"n/(d ln d) needed for test error ≤ {ethr:g}: " + "; ".join(comp)
                         + f" — one step needs far more samples {verdict(ok_all)} "
@@ -173,14 +175,17 @@ class SamplesStudy(Study):
             for j, (xkey, xlab) in enumerate((("n_over_dlogd", "n / (d ln d)"),
                                               ("n_over_d", "n / d"))):
                 ax = axes[0][j]
+                allx = []
                 for d in ds:
                     xs, ms, ss = curve("layerwise", d, "sin_theta_max")
                     if xkey == "n_over_d":
                         xs = [q * math.log(d) for q in xs]
+                    allx += xs
                     ax.errorbar(xs, ms, yerr=ss, marker="o", markersize=4, capsize=3,
                                 label=f"d={d}")
                 ax.axhline(thr, color="grey", ls=":", lw=1)
                 ax.set_xscale("log")
+                _log2_ticks(ax, allx)
                 ax.set_xlabel(xlab)
                 ax.set_ylabel("max sin θ (layerwise)")
                 ax.set_ylim(0, 1.02)
@@ -196,7 +201,9 @@ class SamplesStudy(Study):
         fig, axes = new_figure(2, 1)
         if fig is not None:
             import matplotlib as mpl
+            from matplotlib.lines import Line2D
             colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
+            handles = []
             for i, d in enumerate(ds):
                 c = colors[i % len(colors)]
                 for variant, ls, lab in (("layerwise", "-", "layerwise"),
@@ -204,7 +211,10 @@ class SamplesStudy(Study):
                     for j, key in enumerate(("test_rel_mse", "energy_in_u")):
                         xs, ms, ss = curve(variant, d, key)
                         axes[0][j].errorbar(xs, ms, yerr=ss, color=c, ls=ls, marker="o",
-                                            markersize=3, capsize=2, label=f"d={d} {lab}")
+                                            markersize=3, capsize=2)
+                    # errorbar's own legend handle draws every line solid
+                    handles.append(Line2D([], [], color=c, ls=ls, marker="o", markersize=3,
+                                          label=f"d={d} {lab}"))
             axes[0][0].axhline(ethr, color="grey", ls=":", lw=1)
             axes[0][0].set_yscale("log")
             axes[0][0].set_ylabel("relative test MSE")
@@ -212,8 +222,9 @@ class SamplesStudy(Study):
             axes[0][1].set_ylim(0, 1.02)
             for ax in axes[0]:
                 ax.set_xscale("log")
+                _log2_ticks(ax, ratios)
                 ax.set_xlabel("n / (d ln d)")
-                ax.legend(fontsize=6, ncol=2)
+                ax.legend(handles=handles, fontsize=6, ncol=2, handlelength=3)
             axes[0][0].set_title("test error: layerwise (solid) vs one-step (dashed)")
             axes[0][1].set_title("neuron energy in span(U)")
             s = summary["per_d"][ds[-1]]
@@ -225,6 +236,22 @@ class SamplesStudy(Study):
                          f"{fmt(s['energy_layerwise_max_n'])} vs "
                          f"{fmt(s['energy_one_step_max_n'])}."))
         return Section(self.title, "\n".join(lines), headline, summary, figs)
+
+
+def _log2_ticks(ax, xs):
+    """Plain labels at powers of two on a log axis: the default labels the minor ticks
+    too (2×10¹ 3×10¹ 4×10¹ ...) and they overlap."""
+    from matplotlib.ticker import FixedLocator, NullFormatter
+    xs = [x for x in xs if x and x > 0 and math.isfinite(x)]
+    if not xs:
+        return
+    lo, hi = math.floor(math.log2(min(xs))), math.ceil(math.log2(max(xs)))
+    ks = list(range(lo, hi + 1))
+    step = max(1, math.ceil(len(ks) / 8))
+    ticks = [2.0 ** k for k in ks[::step]]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _q(q, exact, ratios):
