@@ -74,7 +74,7 @@ def add_common_training_args(p):
     p.add_argument("--backend", default="auto", help="auto, numpy, numba, cupy")
     p.add_argument("--dtype", default="float32", help="float32 or float64")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads (default: all; more than the machine has are capped)")
+                   help="CPU threads (default: all; at most NUMBA_NUM_THREADS with the numba backend)")
     p.add_argument("--data", default="auto",
                    help="auto, materialise or stream (regenerate rows each pass)")
 
@@ -113,6 +113,9 @@ def cmd_run(args):
     from .schedule import train
     if args.json is not None:
         check_output_path(args.json)
+    from .backends import check_threads, resolve_name
+    if resolve_name(args.backend) == "numba":
+        check_threads(args.threads, "--threads")
     from .tasks import NATURAL_R, MultiIndexTask
     r = args.r if args.r is not None else NATURAL_R.get(args.target, 2)
     task = MultiIndexTask(d=args.d, r=r, link=args.target, noise=args.noise, seed=args.seed)

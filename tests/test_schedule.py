@@ -343,6 +343,7 @@ def test_cli_run_writes_json(tmp_path):
     (["--noise", "1e300", "--d", "32", "--n1", "2000", "--n2", "2000", "--n-test", "500",
       "--width", "8"], "noise=1e+300 overflows float32"),
     (["--loss", "huber", "--delta", "1e300"], "delta=1e+300 is too large for float32"),
+    (["--backend", "numba", "--threads", "100000"], "--threads=100000 is more than the"),
 ])
 def test_cli_errors_are_one_line_exit_2(args, match):
     p = _cli("run", "--backend", "numpy", *args) if "--backend" not in args else _cli("run", *args)
