@@ -32,3 +32,6 @@ if not _os.path.isdir(_os.path.join(_here, "kernels")):
     _root = _os.path.dirname(_here)
     if _os.path.isfile(_os.path.join(_root, "kernels", "reference.py")):
         __path__.append(_root)  # noqa: F821  (package __path__)
+
+# after the environment defaults above: errors imports numpy, which loads OpenBLAS
+from .errors import MimfastInputError, MimfastWarning  # noqa: E402,F401

@@ -597,9 +597,12 @@ def register(subparsers):
                     "kernel x backend (median of --repeats after warm-up, side by side in "
                     "one process) and report the fraction of roofline and the ratio to "
                     "the numpy reference.")
-    p.add_argument("--d", type=int_list, default=[2048, 8192])
-    p.add_argument("--width", type=int_list, default=[8, 32, 128, 512])
-    p.add_argument("--dtype", type=str_list, default=["float32"])
+    p.add_argument("--d", type=int_list, default=[2048, 8192],
+                   help="comma-separated input dimensions (default: 2048,8192)")
+    p.add_argument("--width", type=int_list, default=[8, 32, 128, 512],
+                   help="comma-separated even widths m (default: 8,32,128,512)")
+    p.add_argument("--dtype", type=str_list, default=["float32"],
+                   help="float32 and/or float64, comma-separated (default: float32)")
     p.add_argument("--backend", type=str_list, default=["numba", "numpy"],
                    help="numba, numpy, cupy, auto; numpy (the reference) is always timed")
     p.add_argument("--kernel", type=str_list, default=list(KERNELS),
@@ -617,7 +620,8 @@ def register(subparsers):
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     p.add_argument("--no-sampler", action="store_true",
                    help="skip timing the row sampler (data generation)")
-    p.add_argument("--json", metavar="PATH", default=None)
+    p.add_argument("--json", metavar="PATH", default=None,
+                   help="also write limits, rows and machine details as JSON")
     p.set_defaults(func=cmd_bench)
 
 

@@ -405,3 +405,10 @@ def test_ridge_choice_survives_collapsed_float32_features():
                 seed=0, threads=1)
     assert rec["test_rel_mse"] < 0.3
     assert 0.0 <= rec["val_rel_mse"] < 0.3
+
+
+def test_public_errors_importable_from_the_package():
+    import mimfast
+    from mimfast.errors import MimfastInputError, MimfastWarning
+    assert mimfast.MimfastInputError is MimfastInputError
+    assert mimfast.MimfastWarning is MimfastWarning
