@@ -57,6 +57,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 from llvmlite import ir
 
+from . import cache_bytes
+
 __all__ = [
     "stage1_grad", "stage2_gram", "predict", "sigma_matvec", "sigma_matrix",
     "fast_tanh", "fast_logcosh", "blas_threads", "choose_path",
@@ -1407,13 +1409,13 @@ def _s1_loops_chunk(X, y, Wp, a, b, m, act, kind, delta, offset, r0, r1, SB, Gac
     npan, NB, mcols, L = _loops_layout(d, Wp, ks)
     last1 = m - (npan - 1) * NB <= L
     # narrow layout: H is zeroed once, kernel A writes only its L/2 columns and
-    # _s1_rows_narrow keeps the rest at 0
+    # _s1_rows_narrow keeps the rest at 0; aL / bL are a / b zero-padded to L
     H = np.zeros((SB, mcols), X.dtype)
     SA = np.zeros((SB if ks == 2 else 1, mcols), X.dtype)
     aL = np.zeros(mcols, X.dtype)
     bL = np.zeros(mcols, X.dtype)
-    aL[:m] = a[:m]
-    bL[:m] = b[:m]
+    aL[:m] = a
+    bL[:m] = b
     Xt = np.zeros((R, d), X.dtype)
     Gp = np.zeros(Gacc.shape, X.dtype)
     S = np.empty(m, X.dtype)
@@ -1428,15 +1430,11 @@ def _s1_loops_chunk(X, y, Wp, a, b, m, act, kind, delta, offset, r0, r1, SB, Gac
             _load_tail(X, Xt, sb0 + ng * R, rem)
         if ks == 2:
             _pass_At_rows(X, sb0, nr, Wp, H)
-        else:
-            _pass_A(X, Xt, sb0, ng, rem, Wp, H, last1)
-        if ks == 2:
             lsum += _s1_rows_narrow(H, nr, y, sb0, aL, bL, act, kind, delta, offset, SA)
-        else:
-            lsum += _s1_rows(H, nr, nrp, mcols, y, sb0, a, b, m, act, kind, delta, offset, S)
-        if ks == 2:
             _pass_Bt_rows(X, sb0, nr, H, Gp)
         else:
+            _pass_A(X, Xt, sb0, ng, rem, Wp, H, last1)
+            lsum += _s1_rows(H, nr, nrp, mcols, y, sb0, a, b, m, act, kind, delta, offset, S)
             _pass_B_rows(X, sb0, nr, H, Gp, last1)
         since += nr
         if since >= _FLUSH_ROWS:
@@ -1708,33 +1706,6 @@ def _superblock_rows(d, itemsize):
     return int(min(32, max(1, rows // _ROWS)) * _ROWS)
 
 
-_L2_CACHE = None
-
-
-def _l2_per_core():
-    """This core's L2 size in bytes (Linux sysfs), else 1 MiB."""
-    global _L2_CACHE
-    if _L2_CACHE is None:
-        _L2_CACHE = 1 << 20
-        import glob
-        for idx in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
-            try:
-                with open(idx + "/level") as fh:
-                    level = int(fh.read())
-                with open(idx + "/size") as fh:
-                    size = fh.read().strip().upper()
-            except (OSError, ValueError):
-                continue
-            if level == 2 and size:
-                unit = {"K": 1 << 10, "M": 1 << 20}.get(size[-1], 1)
-                try:
-                    _L2_CACHE = int(size.rstrip("KM")) * unit
-                except ValueError:
-                    pass
-                break
-    return _L2_CACHE
-
-
 def _narrow_superblock_rows(d, itemsize):
     # Stage 1 at narrow widths: kernel B runs from cache at the FMA rate and
     # prefetches the next super-block into L2 meanwhile (kernel A, which reads X
@@ -1743,7 +1714,7 @@ def _narrow_superblock_rows(d, itemsize):
     # kernel B also loads and stores all of G^T once per super-block, so below
     # 48 rows that traffic costs more than the spill (one thread, m = 8:
     # d = 8192 28.6 ms at 12 rows, 24.9 ms at 48; d = 4096 29.0 / 24.3 ms).
-    free = _l2_per_core() - 2 * 32 * d
+    free = (cache_bytes(2) or 1 << 20) - 2 * 32 * d
     rows = max(0, free) // 2 // max(1, d * itemsize)
     return int(min(32, max(4, rows // _ROWS)) * _ROWS)
 

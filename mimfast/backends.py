@@ -273,9 +273,12 @@ def numba_thread_limit():
     return int(numba.config.NUMBA_NUM_THREADS)
 
 
-def check_threads(threads, argname="threads"):
+def check_threads(threads, argname="threads", backend="numba"):
     """Reject more threads than Numba has: numba.set_num_threads cannot go above the
-    pool it started with, so the request would be capped silently (BLAS would not be)."""
+    pool it started with, so the request would be capped silently (BLAS would not be).
+    Only the Numba backend has that limit (``backend`` is resolved like get_backend's)."""
+    if resolve_name(backend) != "numba":
+        return threads
     limit = numba_thread_limit()
     if threads is None or limit is None or isinstance(threads, bool) \
             or not isinstance(threads, (int, np.integer)) or threads <= limit:
@@ -292,8 +295,7 @@ def get_backend(name="auto", threads=None):
     if isinstance(name, Backend):
         return name
     resolved = resolve_name(name)
-    if resolved == "numba":
-        check_threads(threads)
+    check_threads(threads, backend=resolved)
     return _REGISTRY[resolved](threads=threads)
 
 

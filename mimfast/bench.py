@@ -73,24 +73,9 @@ def default_n(d, dtype="float32", target_bytes=X_TARGET_BYTES, memory_budget=Non
 
 
 def l3_cache_bytes():
-    """Size of the L3 cache one core sees (sysfs, else sysconf), or None if unknown."""
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        for idx in sorted(os.listdir(base)):
-            with open(os.path.join(base, idx, "level")) as fh:
-                if fh.read().strip() != "3":
-                    continue
-            with open(os.path.join(base, idx, "size")) as fh:
-                text = fh.read().strip().upper()
-            scale = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}.get(text[-1:], 1)
-            return int(text.rstrip("KMG")) * scale
-    except (OSError, ValueError):
-        pass
-    try:
-        size = os.sysconf("SC_LEVEL3_CACHE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-    return size if size and size > 0 else None
+    """Size of the L3 cache one core sees, or None if unknown."""
+    from .kernels import cache_bytes
+    return cache_bytes(3)
 
 
 def cache_beating_bytes(l3=None):
@@ -383,7 +368,7 @@ def check_backend_names(backends, threads=None):
                 f"--backend {name!r} is unknown; choose from "
                 f"{', '.join(('auto', *_REGISTRY))} (comma-separated)") from None
     if "numba" in resolved:
-        check_threads(threads, "--threads")
+        check_threads(threads, "--threads")  # the only backend with a thread pool limit
     return resolved
 
 

@@ -113,9 +113,8 @@ def cmd_run(args):
     from .schedule import train
     if args.json is not None:
         check_output_path(args.json)
-    from .backends import check_threads, resolve_name
-    if resolve_name(args.backend) == "numba":
-        check_threads(args.threads, "--threads")
+    from .backends import check_threads
+    check_threads(args.threads, "--threads", args.backend)
     from .tasks import NATURAL_R, MultiIndexTask
     r = args.r if args.r is not None else NATURAL_R.get(args.target, 2)
     task = MultiIndexTask(d=args.d, r=r, link=args.target, noise=args.noise, seed=args.seed)

@@ -686,9 +686,8 @@ def check_scale_args(args):
     get_loss(args.loss)
     # the target, r and noise exactly as a point builds them (smallest d)
     MultiIndexTask(d=ds[0], r=args.r, link=args.target, noise=args.noise, seed=0)
-    from .backends import check_threads, resolve_name
-    if resolve_name(args.backend) == "numba":
-        check_threads(args.threads, "--threads")
+    from .backends import check_threads
+    check_threads(args.threads, "--threads", args.backend)
     get_backend(args.backend, args.threads)  # unknown or unavailable (cupy without GPU)
     from .studies import check_out_dir
     check_out_dir(args.out)  # an existing file would stop the sweep with "File exists"

@@ -125,9 +125,8 @@ def _check(args):
     from ..errors import check_choice, check_dtype
     check_choice(args.backend, BACKENDS, "--backend")
     check_dtype(args.dtype, "--dtype")
-    from ..backends import check_threads, resolve_name
-    if resolve_name(args.backend) == "numba":
-        check_threads(args.threads, "--threads")
+    from ..backends import check_threads
+    check_threads(args.threads, "--threads", args.backend)
 
 
 def _positive(v):
